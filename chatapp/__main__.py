@@ -1,0 +1,106 @@
+"""``python -m chatapp``: options, the embedded MongoDB if needed, the server, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import tornado.options
+from tornado.httpserver import HTTPServer
+
+from chatapp import options as chat_options
+from chatapp.app import load_cookie_secret, make_app
+from chatapp.chat import Chat
+from chatapp.store import EventStore, StoreError, connect
+
+log = logging.getLogger("chatapp")
+
+# No valid request comes near this (messages are refused past 64 KiB with a clear 413 by the
+# handlers); the server-wide cap just stops anyone streaming megabytes at us.
+MAX_REQUEST_BYTES = 1024 * 1024
+# On SIGTERM, how long in-flight sends may take to be stored before the process exits anyway.
+SHUTDOWN_SECONDS = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts = chat_options.parse(argv)
+    except (tornado.options.Error, ValueError, OSError) as exc:
+        print(f"chatapp: {exc} (see --help)", file=sys.stderr)
+        return 2
+    embedded = None
+    uri = opts.mongo_uri
+    if not uri:
+        from chatapp.mongod import EmbeddedMongo, MongodNotFound
+
+        data_dir = os.path.abspath(opts.data_dir)
+        try:
+            embedded = EmbeddedMongo(data_dir)
+            uri = embedded.start()
+        except (MongodNotFound, RuntimeError) as exc:
+            print(f"chatapp: cannot start the embedded MongoDB: {exc}", file=sys.stderr)
+            return 2
+        log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
+    try:
+        return asyncio.run(serve(opts, uri))
+    finally:
+        if embedded is not None:
+            log.info("stopping the embedded MongoDB")
+            embedded.stop()
+
+
+async def serve(opts: object, uri: str) -> int:
+    store = EventStore(connect(uri, opts.mongo_timeout))  # type: ignore[attr-defined]
+    try:
+        await store.create_indexes()
+    except StoreError as exc:
+        log.error("MongoDB at %s is not usable: %s", _redact(uri), exc)
+        return 2
+    log.info("using MongoDB at %s", _redact(uri))
+    chat = Chat(
+        store,
+        history_size=opts.history_size,  # type: ignore[attr-defined]
+        rate_limit=opts.rate_limit,  # type: ignore[attr-defined]
+        grace_period=opts.grace_period,  # type: ignore[attr-defined]
+        unused_session_ttl=opts.unused_session_ttl,  # type: ignore[attr-defined]
+        store_timeout=opts.mongo_timeout,  # type: ignore[attr-defined]
+    )
+    chat.start()
+    origins = tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip())  # type: ignore[attr-defined]
+    app = make_app(
+        chat,
+        cookie_secret=load_cookie_secret(os.path.abspath(opts.data_dir)),  # type: ignore[attr-defined]
+        poll_timeout=opts.poll_timeout,  # type: ignore[attr-defined]
+        allowed_origins=origins,
+    )
+    server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
+    server.listen(opts.port, opts.address)  # type: ignore[attr-defined]
+    log.info("chatapp listening on http://%s:%d/", opts.address, opts.port)  # type: ignore[attr-defined]
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+
+    log.info("shutting down")
+    server.stop()  # no new connections
+    await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
+    await server.close_all_connections()
+    store.client.close()
+    return 0
+
+
+def _redact(uri: str) -> str:
+    """The URI without a password, for logs."""
+    if "@" not in uri:
+        return uri
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

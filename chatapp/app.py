@@ -1,0 +1,82 @@
+"""``make_app()``: the routes and settings of the Tornado application."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+import tornado.web
+
+from chatapp import paths, rules
+from chatapp.chat import Chat
+from chatapp.web import api, pages, ws
+
+ROOM = r"([A-Za-z0-9_-]{1,64})"
+# Cookie secrets are generated per installation and kept out of the code and the repository.
+COOKIE_SECRET_FILE = "cookie_secret"
+
+
+def make_app(
+    chat: Chat,
+    *,
+    cookie_secret: str,
+    poll_timeout: float = 25.0,
+    allowed_origins: tuple[str, ...] = (),
+    debug: bool = False,
+    **settings: Any,
+) -> tornado.web.Application:
+    routes = [
+        (r"/", pages.JoinPage),
+        (r"/join", pages.JoinPage),
+        (rf"/r/{ROOM}", pages.RoomPage),
+        (r"/api/session", api.SessionAPI),
+        (rf"/api/rooms/{ROOM}/messages", api.MessagesAPI),
+        (rf"/api/rooms/{ROOM}/updates", api.UpdatesAPI),
+        (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
+        (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
+        (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
+        (r"/healthz", api.HealthAPI),
+        # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
+        # both with the security headers (Tornado's own 404 handler has neither).
+        (r"/api/.*", api.NotFoundAPI),
+        (r".*", pages.NotFoundPage),
+    ]
+    return tornado.web.Application(
+        routes,
+        chat=chat,
+        cookie_secret=cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Lax"},
+        template_path=paths.template_path(),
+        static_path=paths.static_path(),
+        poll_timeout=poll_timeout,
+        allowed_origins=allowed_origins,
+        # Larger frames cannot hold a valid message; Tornado closes the socket with 1009.
+        websocket_max_message_size=rules.MAX_BODY_BYTES,
+        # Pings find connections that vanished without a close (a laptop lid, a dead Wi-Fi),
+        # so their session can leave the room after the grace period.
+        websocket_ping_interval=25,
+        websocket_ping_timeout=20,
+        debug=debug,
+        **settings,
+    )
+
+
+def load_cookie_secret(data_dir: str) -> str:
+    """The installation's cookie secret, created on first start and kept in ``data_dir``."""
+    path = os.path.join(data_dir, COOKIE_SECRET_FILE)
+    try:
+        with open(path) as f:
+            secret = f.read().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    os.makedirs(data_dir, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    # Readable by the owner alone: whoever holds it can forge any session.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

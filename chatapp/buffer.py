@@ -1,0 +1,109 @@
+"""Where events wait: one ``MessageBuffer`` per room, holding recent events and waiters.
+
+Every event of a room passes through ``MessageBuffer.publish`` exactly once, in id order, after
+it is stored. Publishing wakes every waiter of the room in one pass, whatever its transport:
+a WebSocket connection writes a frame, a parked long-poll finishes its response.
+
+Each event is encoded to JSON once, when it is published (``Entry``); transports write those
+same strings to every client instead of encoding the event again per connection.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+
+def encode(obj: Any) -> str:
+    # Compact separators: this string is written once per delivery, so every byte counts.
+    # ensure_ascii=False keeps non-Latin text at its UTF-8 size instead of \uXXXX escapes.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class Entry:
+    """One published event and its encodings, shared by every delivery of it."""
+
+    __slots__ = ("event", "frame", "id", "json")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        self.id: str = event["id"]
+        self.json = encode(event)
+        # The WebSocket frame, built by splicing rather than re-encoding the event.
+        self.frame = '{"type":"event","event":' + self.json + "}"
+
+
+class Waiter(Protocol):
+    """Something waiting for a room's events: a WebSocket connection or a parked long-poll."""
+
+    def wake(self, entries: list[Entry]) -> None:
+        """Called with new entries, in id order, right after they are published."""
+
+    def presence_changed(self, nicks: list[str]) -> None:
+        """Called when the room's list of present nicknames changes."""
+
+    def shutdown(self) -> None:
+        """The server is stopping: end the wait so the client reconnects elsewhere."""
+
+
+class MessageBuffer:
+    """The recent events of one room, and everyone waiting for the next ones.
+
+    Holds the last ``size`` events. ``floor`` is the id just below the oldest one held: every
+    event with an id above ``floor`` is in memory, so a cursor at or above ``floor`` is
+    answered from here; an older one from the store.
+    """
+
+    def __init__(self, room: str, size: int, events: list[dict[str, Any]], floor: str) -> None:
+        self.room = room
+        self.size = size
+        self.entries: deque[Entry] = deque((Entry(e) for e in events), maxlen=size)
+        self._ids: deque[str] = deque((e.id for e in self.entries), maxlen=size)
+        self.floor = floor
+        self.waiters: set[Waiter] = set()
+        self.nicks: list[str] = []
+
+    @property
+    def last_id(self) -> str:
+        return self._ids[-1] if self._ids else self.floor
+
+    def since(self, cursor: str) -> list[Entry] | None:
+        """Entries newer than ``cursor``, or None when the buffer no longer reaches back there."""
+        if cursor < self.floor:
+            return None
+        start = bisect.bisect_right(self._ids, cursor)
+        if start >= len(self._ids):
+            return []
+        return list(self.entries)[start:]
+
+    def latest(self, limit: int) -> list[Entry]:
+        if limit >= len(self.entries):
+            return list(self.entries)
+        return list(self.entries)[-limit:]
+
+    def publish(self, events: Iterable[dict[str, Any]]) -> list[Entry]:
+        """Add stored events (in id order) and wake every waiter once with all of them."""
+        new = []
+        for event in events:
+            if event["id"] <= self.last_id:
+                continue  # already published: publishing twice must not deliver twice
+            if len(self.entries) == self.size:
+                self.floor = self._ids[0]
+            entry = Entry(event)
+            self.entries.append(entry)
+            self._ids.append(entry.id)
+            new.append(entry)
+        if new:
+            # Copy: a long-poll waiter removes itself from the set while being woken.
+            for waiter in list(self.waiters):
+                waiter.wake(new)
+        return new
+
+    def set_presence(self, nicks: list[str]) -> None:
+        if nicks != self.nicks:
+            self.nicks = nicks
+            for waiter in list(self.waiters):
+                waiter.presence_changed(nicks)

@@ -1,0 +1,350 @@
+"""Where every event enters: ``Chat``, the one core both transports call.
+
+The WebSocket handler and the HTTP handlers are thin adapters over these methods; every rule
+(validation, rate limit, idempotency, storing, publishing, cursors, presence) lives here or in
+the modules this one calls, never in a handler.
+
+    send() -> rules -> RoomWriter (store, in id order) -> MessageBuffer.publish -> waiters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatapp import rules
+from chatapp.buffer import Entry, MessageBuffer
+from chatapp.errors import ChatError, store_unavailable
+from chatapp.presence import Member, Presence
+from chatapp.ratelimit import TokenBucket
+from chatapp.sessions import Session, Sessions
+from chatapp.store import EventStore, StoreError
+from chatapp.writer import RoomWriter
+
+log = logging.getLogger(__name__)
+
+# The contract: at most 500 events in one long-poll answer; a client far behind asks again.
+MAX_UPDATES = 500
+# The contract: history pages default to 50 events and hold at most 200.
+HISTORY_DEFAULT, HISTORY_MAX = 50, 200
+# How often presence and session expiry are checked. Leaves are announced at most this late
+# after the grace period; 5 s is well inside what people notice.
+SWEEP_SECONDS = 5.0
+
+
+class PollWaiter:
+    """A parked long-poll: finishes with the first batch of events published after it."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._future: asyncio.Future = loop.create_future()
+        # Resolved once ``Chat.poll`` has returned: the handler has written its answer then.
+        self.answered: asyncio.Future = loop.create_future()
+
+    def wake(self, entries: list[Entry]) -> None:
+        if not self._future.done():
+            self._future.set_result(entries)
+
+    def presence_changed(self, nicks: list[str]) -> None:
+        pass  # long-poll clients ask for presence themselves
+
+    def cancel(self) -> None:
+        """The client closed the connection: stop waiting now, answer nothing."""
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def session_ended(self) -> None:
+        self.cancel()
+
+    def shutdown(self) -> None:
+        self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
+
+    async def wait(self, timeout: float) -> list[Entry] | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError:
+            return []
+
+
+class Chat:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        history_size: int = 100,
+        rate_limit: float = 10.0,
+        grace_period: float = 60.0,
+        unused_session_ttl: float = 120.0,
+        store_timeout: float = 4.0,
+    ) -> None:
+        self.store = store
+        self.history_size = history_size
+        self.rate_limit = rate_limit
+        self.grace_period = grace_period
+        self.store_timeout = store_timeout
+        self.sessions = Sessions(store, unused_session_ttl)
+        self.presence = Presence(grace_period)
+        self._rooms: dict[str, MessageBuffer] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._writers: dict[str, RoomWriter] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._sweeper: asyncio.Task | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the periodic sweep (leaves, session expiry): the cleanup that older chat
+        designs ran as a cron job."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Shut down: let queued sends be stored (up to ``timeout`` s), then tell every
+        connection the server is going away, so clients reconnect and resume elsewhere."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        pending = [w.idle() for w in self._writers.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        answering = []
+        for buffer in self._rooms.values():
+            for waiter in list(buffer.waiters):
+                waiter.shutdown()
+                if isinstance(waiter, PollWaiter):
+                    answering.append(waiter.answered)
+        if answering:
+            # A woken long-poll answers from its own task: let it, before the caller closes
+            # the connections (and the answers with them).
+            await asyncio.wait(answering, timeout=timeout)
+
+    # -- rooms --------------------------------------------------------------------------------
+
+    async def room(self, name: str) -> MessageBuffer:
+        """The room's buffer, loading its latest events from the store on first use."""
+        buffer = self._rooms.get(name)
+        if buffer is not None:
+            return buffer
+        rules.check_room(name)
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = self._loading[name] = asyncio.ensure_future(self._load(name))
+        try:
+            return await asyncio.shield(loading)
+        finally:
+            if loading.done():
+                self._loading.pop(name, None)
+
+    async def _load(self, name: str) -> MessageBuffer:
+        try:
+            # One more than we keep: if it exists, it is the floor (older events exist).
+            events = await self.store.latest(name, self.history_size + 1)
+        except StoreError as exc:
+            log.warning("loading room %s failed: %s", name, exc)
+            raise store_unavailable() from None
+        floor = ""
+        if len(events) > self.history_size:
+            floor = events.pop(0)["id"]
+        buffer = self._rooms.setdefault(
+            name, MessageBuffer(name, self.history_size, events, floor)
+        )
+        buffer.set_presence(self.presence.nicks(name))
+        return buffer
+
+    def _writer(self, room: str) -> RoomWriter:
+        writer = self._writers.get(room)
+        if writer is None:
+            buffer = self._rooms[room]
+            writer = self._writers[room] = RoomWriter(
+                room, self.store, buffer.publish, self.store_timeout
+            )
+        return writer
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send(
+        self, session: Session, room: str, text: Any, client_id: Any
+    ) -> dict[str, Any]:
+        """Store a message and deliver it to the room; the stored event.
+
+        A repeat of ``client_id`` by the same session in the same room stores and delivers
+        nothing and returns the first event again.
+        """
+        rules.check_room(room)
+        text = rules.check_text(text)
+        client_id = rules.check_client_id(client_id)
+        if not self._take_token(session.sid):
+            raise ChatError(
+                "rate_limited", "You are sending messages too fast; wait a moment.", 429
+            )
+        await self.room(room)
+        doc = {"type": "message", "nick": session.nick, "text": text, "ts": time.time(),
+               "sid": session.sid, "cid": client_id}
+        result = await self._writer(room).write(doc)
+        return result.event
+
+    def _take_token(self, sid: str) -> bool:
+        if self.rate_limit <= 0:
+            return True
+        bucket = self._buckets.get(sid)
+        if bucket is None:
+            bucket = self._buckets[sid] = TokenBucket(self.rate_limit)
+        return bucket.take()
+
+    async def _announce(self, room: str, kind: str, member: Member | Session) -> None:
+        """Store and deliver a join or leave event; logged, never raised, if the store fails."""
+        doc = {"type": kind, "nick": member.nick, "ts": time.time(),
+               "sid": member.sid, "cid": f"{kind}-{secrets.token_hex(8)}"}
+        try:
+            await self.room(room)
+            await self._writer(room).write(doc)
+        except ChatError as exc:
+            log.warning("could not record %s of %s in %s: %s", kind, member.nick, room, exc)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def updates(self, room: str, cursor: str | None, limit: int = MAX_UPDATES) -> list[Entry]:
+        """Events after ``cursor`` (at most ``limit``), oldest first; [] when none are newer.
+
+        ``cursor=None`` means "what a newcomer sees": the latest ``history_size`` events.
+        Answered from memory when the buffer reaches back to the cursor, else from the store:
+        either way, never a gap and never a repeat.
+        """
+        buffer = await self.room(room)
+        if cursor is None:
+            return buffer.latest(self.history_size)
+        rules.check_cursor(cursor)
+        if cursor > buffer.last_id:
+            # Newer than anything published here: valid only if the store handed it out.
+            await self._check_issued(room, cursor)
+            return []
+        entries = buffer.since(cursor)
+        if entries is not None:
+            return entries[:limit]
+        try:
+            events = await self.store.after(room, rules.parse_id(cursor), limit)
+        except StoreError:
+            raise store_unavailable() from None
+        return [Entry(e) for e in events]
+
+    async def poll(
+        self,
+        session: Session,
+        room: str,
+        cursor: str | None,
+        timeout: float,
+        on_park: Callable[[PollWaiter], None] | None = None,
+    ) -> list[Entry] | None:
+        """The long-poll: events after ``cursor`` at once if there are any, else wait up to
+        ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
+        presence while it waits. None if the client went away (``PollWaiter.cancel``, which
+        ``on_park`` receives the waiter for) or the session ended meanwhile."""
+        waiter = PollWaiter()
+        if on_park is not None:
+            on_park(waiter)
+        buffer = await self.connect(session, room, waiter)
+        try:
+            # Parked before reading, so an event published between the read and the wait
+            # still wakes us.
+            buffer.waiters.add(waiter)
+            entries = await self.updates(room, cursor)
+            if entries or cursor is None:
+                return entries
+            return await waiter.wait(timeout)
+        finally:
+            buffer.waiters.discard(waiter)
+            self.disconnect(session, room, waiter)
+            if not waiter.answered.done():
+                waiter.answered.set_result(None)
+
+    async def _check_issued(self, room: str, cursor: str) -> None:
+        try:
+            last = await self.store.last_seq(room)
+        except StoreError:
+            raise store_unavailable() from None
+        if rules.parse_id(cursor) > last:
+            raise ChatError("bad_cursor", "That cursor is not one this server issued.", 400)
+
+    async def history(
+        self, room: str, before: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` events just before ``before`` (or the latest), oldest first, and
+        whether older ones exist."""
+        rules.check_room(room)
+        if before is not None:
+            rules.check_cursor(before)
+        seq = rules.parse_id(before) if before else None
+        try:
+            # One extra tells whether there is more without a second query.
+            events = await self.store.before(room, seq, limit + 1)
+        except StoreError:
+            raise store_unavailable() from None
+        has_more = len(events) > limit
+        return (events[1:] if has_more else events), has_more
+
+    def nicks(self, room: str) -> list[str]:
+        return self.presence.nicks(room)
+
+    # -- connections and presence --------------------------------------------------------------
+
+    async def connect(self, session: Session, room: str, conn: Any) -> MessageBuffer:
+        """Count a connection (a WebSocket, or a pending long-poll) as open in ``room``."""
+        buffer = await self.room(room)
+        if self.presence.connect(room, session.sid, session.nick, conn):
+            buffer.set_presence(self.presence.nicks(room))
+            asyncio.ensure_future(self._announce(room, "join", session))
+        return buffer
+
+    def disconnect(self, session: Session, room: str, conn: Any) -> None:
+        """The connection closed; the session leaves after the grace period unless it returns."""
+        self.presence.disconnect(room, session.sid, conn)
+
+    async def end_session(self, session: Session) -> None:
+        """Log out: the nickname is free at once, and the session leaves every room now."""
+        for room, member in self.presence.remove_session(session.sid):
+            self._after_leave(room)
+            for conn in list(member.connections):
+                conn.session_ended()
+            asyncio.ensure_future(self._announce(room, "leave", member))
+        self._buckets.pop(session.sid, None)
+        try:
+            await self.sessions.end(session.sid)
+        except StoreError:
+            raise store_unavailable() from None
+
+    def _after_leave(self, room: str) -> None:
+        buffer = self._rooms.get(room)
+        if buffer is not None:
+            buffer.set_presence(self.presence.nicks(room))
+
+    async def sweep(self) -> None:
+        """Announce leaves past the grace period; keep live sessions alive; expire the rest."""
+        for room, member in self.presence.expired():
+            self._after_leave(room)
+            await self._announce(room, "leave", member)
+        now_wall, now_mono = time.time(), time.monotonic()
+        last_seen = {
+            sid: now_wall - (now_mono - seen) + self.grace_period
+            for sid, seen in self.presence.last_seen().items()
+        }
+        await self.sessions.keep_alive(last_seen)
+        await self.sessions.sweep()
+        for sid, bucket in list(self._buckets.items()):
+            if bucket.is_full():
+                del self._buckets[sid]
+
+    async def _sweep_forever(self) -> None:
+        # A short grace period (tests, demos) needs a sweep at least as often.
+        interval = min(SWEEP_SECONDS, max(0.1, self.grace_period / 2))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                log.warning("sweep failed, will retry: %s", exc)
+            except Exception:
+                log.exception("sweep failed")

@@ -1,0 +1,43 @@
+"""Command-line and config-file options (``tornado.options``), as listed in docs/API.md."""
+
+from __future__ import annotations
+
+from tornado.options import OptionParser, options
+
+define = options.define
+
+define("port", default=8888, type=int, help="TCP port to listen on")
+define("address", default="127.0.0.1", help="interface to listen on")
+define("config", default=None, type=str,
+       help="a tornado.options config file, e.g. config/chatapp.conf")
+define("mongo_uri", default="",
+       help="MongoDB to use (a replica set); empty starts the embedded MongoDB under --data_dir")
+define("data_dir", default="./data",
+       help="where the embedded MongoDB and the generated cookie secret live")
+define("history_size", default=100, type=int,
+       help="events a newcomer is shown, and events kept in memory per room")
+define("poll_timeout", default=25.0, type=float,
+       help="seconds a long-poll waits before answering with no events")
+define("rate_limit", default=10.0, type=float,
+       help="messages per second one session may send (bursts of twice that); 0 turns it off")
+define("allowed_origins", default="",
+       help="extra origins, comma-separated, allowed to open the WebSocket")
+define("grace_period", default=60.0, type=float,
+       help="seconds a session keeps its nickname and presence after its last connection")
+define("unused_session_ttl", default=120.0, type=float,
+       help="seconds a session that never opened a connection lives")
+define("mongo_timeout", default=4.0, type=float,
+       help="seconds a MongoDB operation may take before a send fails with store_unavailable")
+
+
+def parse(args: list[str] | None = None, parser: OptionParser = options) -> OptionParser:
+    """Parse the command line, then the ``--config`` file, then the command line again.
+
+    The second pass lets command-line flags override what the file sets, which is what people
+    expect of ``--config=prod.conf --port=9000``.
+    """
+    parser.parse_command_line(args)
+    if parser.config:
+        parser.parse_config_file(parser.config, final=False)
+        parser.parse_command_line(args)
+    return parser

@@ -1,0 +1,139 @@
+"""Every input rule and limit of the contract, in one place.
+
+A rule changes here and nowhere else: the HTTP API, the WebSocket, the pages and the store all
+call these functions.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from chatapp.errors import ChatError
+
+# The contract: text is 1-2000 characters. Long enough for a pasted stack trace, short enough
+# that one message cannot fill a screen for everyone.
+MAX_TEXT_CHARS = 2000
+# Nicknames are shown in every line of the log; 32 characters keeps them on one line.
+MAX_NICK_CHARS = 32
+# Room names appear in URLs; 64 characters is plenty and keeps URLs and indexes small.
+MAX_ROOM_CHARS = 64
+# client_id only needs to be unique per session and room; 64 characters fits a UUID or two.
+MAX_CLIENT_ID_CHARS = 64
+# A request or WebSocket frame larger than this cannot carry a valid message (2000 characters
+# of at most 4 UTF-8 bytes, JSON-escaped, plus fields), so it is refused before parsing.
+MAX_BODY_BYTES = 64 * 1024
+
+DEFAULT_ROOM = "lobby"
+
+_ROOM_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ROOM_CHARS}}}")
+# Ids are zero-padded decimal sequence numbers: fixed width makes string order equal numeric
+# order, which is what the contract promises clients. 12 digits last for a trillion events.
+ID_DIGITS = 12
+_ID_RE = re.compile(rf"[0-9]{{{ID_DIGITS}}}")
+# Newline and tab are the only control characters a chat line may carry.
+_ALLOWED_CONTROLS = {"\n", "\t"}
+_NICK_PUNCTUATION = {"_", "-", "."}
+
+
+def check_room(room: str) -> str:
+    if not isinstance(room, str) or not _ROOM_RE.fullmatch(room):
+        raise ChatError(
+            "bad_room", "Room names are 1-64 letters, digits, '-' or '_'.", 400
+        )
+    return room
+
+
+def is_valid_room(room: str) -> bool:
+    return isinstance(room, str) and bool(_ROOM_RE.fullmatch(room))
+
+
+def check_text(text: object) -> str:
+    """The text as it will be stored: surrounding white space trimmed, otherwise untouched."""
+    if not isinstance(text, str):
+        raise ChatError("bad_text", "The message text must be a string.", 400)
+    text = text.strip()
+    if not text:
+        raise ChatError("bad_text", "The message is empty.", 400)
+    if len(text) > MAX_TEXT_CHARS:
+        raise ChatError(
+            "bad_text", f"The message is longer than {MAX_TEXT_CHARS} characters.", 400
+        )
+    for ch in text:
+        if ch not in _ALLOWED_CONTROLS and _is_control(ch):
+            raise ChatError(
+                "bad_text", "The message contains control characters.", 400
+            )
+    return text
+
+
+def _is_control(ch: str) -> bool:
+    # Cc are the C0/C1 controls; Cs are lone surrogates, which cannot be stored as UTF-8.
+    return unicodedata.category(ch) in ("Cc", "Cs")
+
+
+def check_nick(nick: object) -> str:
+    """A nickname as typed, minus surrounding white space; letters and digits of any script."""
+    if not isinstance(nick, str):
+        raise ChatError("bad_nick", "The nickname must be a string.", 400)
+    nick = nick.strip()
+    if not 1 <= len(nick) <= MAX_NICK_CHARS:
+        raise ChatError(
+            "bad_nick", f"Nicknames are 1-{MAX_NICK_CHARS} characters.", 400
+        )
+    for i, ch in enumerate(nick):
+        # Combining marks (Devanagari vowel signs, a decomposed "é") belong to the letter
+        # before them: "any script" needs them.
+        if not (ch.isalnum() or ch in _NICK_PUNCTUATION or (i and _is_mark(ch))):
+            raise ChatError(
+                "bad_nick",
+                "Nicknames may contain only letters, digits, '_', '-' and '.'.",
+                400,
+            )
+    return nick
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("M")
+
+
+def nick_key(nick: str) -> str:
+    """What uniqueness compares: case-insensitive, and "é" typed two ways is one nickname."""
+    return unicodedata.normalize("NFKC", nick).casefold()
+
+
+def check_client_id(client_id: object) -> str:
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID_CHARS:
+        raise ChatError(
+            "bad_client_id",
+            f"client_id must be a string of 1-{MAX_CLIENT_ID_CHARS} characters.",
+            400,
+        )
+    return client_id
+
+
+def check_cursor(cursor: object) -> str:
+    """A cursor is "" (before the first event) or an id this server issues."""
+    if cursor == "" or (isinstance(cursor, str) and _ID_RE.fullmatch(cursor)):
+        return cursor  # type: ignore[return-value]
+    raise ChatError("bad_cursor", "That cursor is not one this server issued.", 400)
+
+
+def format_id(seq: int) -> str:
+    return str(seq).zfill(ID_DIGITS)
+
+
+def parse_id(event_id: str) -> int:
+    return int(event_id) if event_id else 0
+
+
+def check_limit(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ChatError("bad_limit", f"limit must be a number from 1 to {maximum}.", 400)
+    if not 1 <= value <= maximum:
+        raise ChatError("bad_limit", f"limit must be a number from 1 to {maximum}.", 400)
+    return value

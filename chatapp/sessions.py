@@ -1,0 +1,84 @@
+"""Who you are: sessions, each one nickname, unique among live sessions.
+
+A session is created by choosing a nickname and carried by a signed cookie holding its id
+(``sid``). Sessions are stored in MongoDB with an expiry time, which is what frees a nickname:
+``unused_ttl`` after creation for a session that never connects, and the grace period after
+its last connection for one that did (``Chat`` extends it while connections are open).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from chatapp import rules
+from chatapp.errors import ChatError
+from chatapp.store import EventStore
+
+# A nickname lookup per request would put MongoDB on every message's path; sessions are cached
+# in memory and the cache is dropped when the session ends or expires.
+
+
+@dataclass(frozen=True)
+class Session:
+    sid: str
+    nick: str
+
+
+class Sessions:
+    def __init__(self, store: EventStore, unused_ttl: float) -> None:
+        self.store = store
+        self.unused_ttl = unused_ttl
+        self._cache: dict[str, Session] = {}
+
+    async def create(self, nick: str) -> Session:
+        """A new session holding ``nick``; ``nick_taken`` if a live session holds it."""
+        nick = rules.check_nick(nick)
+        sid = secrets.token_urlsafe(18)
+        key = rules.nick_key(nick)
+        # A session past its expiry no longer holds its nickname, even before a sweep ran. Forget
+        # it here too, or its cookie would go on working beside the nickname's new holder.
+        stale = await self.store.free_expired_nick(key)
+        if stale is not None:
+            self._cache.pop(stale, None)
+        claimed = await self.store.claim_nick(sid, nick, key, time.time() + self.unused_ttl)
+        if not claimed:
+            raise ChatError("nick_taken", "That nickname is taken.", 409)
+        session = Session(sid, nick)
+        self._cache[sid] = session
+        return session
+
+    async def get(self, sid: str) -> Session | None:
+        session = self._cache.get(sid)
+        if session is None:
+            doc = await self.store.get_session(sid)
+            if doc is None:
+                return None
+            session = self._cache[sid] = Session(sid, doc["nick"])
+        return session
+
+    async def end(self, sid: str) -> None:
+        """Free the nickname at once."""
+        self._cache.pop(sid, None)
+        await self.store.delete_session(sid)
+
+    async def keep_alive(self, last_seen: dict[str, float]) -> None:
+        """Push each session's expiry to ``grace`` after it was last seen (wall-clock times)."""
+        # Connected sessions share one expiry time, so this is one update for all of them
+        # plus one per session that went away since the last sweep.
+        by_expiry: dict[float, list[str]] = {}
+        for sid, expires_at in last_seen.items():
+            by_expiry.setdefault(expires_at, []).append(sid)
+        for expires_at, sids in by_expiry.items():
+            await self.store.extend_sessions(sids, expires_at)
+
+    async def sweep(self) -> list[str]:
+        """Delete expired sessions; the sids that are gone."""
+        now = time.time()
+        sids = await self.store.expired_sessions(now)
+        if sids:
+            await self.store.delete_sessions(sids, now)
+        for sid in sids:
+            self._cache.pop(sid, None)
+        return sids

@@ -1,0 +1,229 @@
+"""All MongoDB access, through Motor: events, per-room id counters and sessions.
+
+Nothing else in chatapp imports motor or pymongo's collection API; swapping Motor for PyMongo's
+own async client touches this file alone.
+
+Collections:
+
+- ``events``: one document per event, ``{room, seq, type, nick, text?, ts, sid?, cid?}``. The
+  public id is ``seq`` zero-padded (see ``rules.format_id``).
+- ``counters``: ``{_id: room, seq}``, the last sequence number handed out in a room.
+- ``sessions``: ``{_id: sid, nick, nick_key, expires_at}``; a unique index on ``nick_key``
+  makes nickname uniqueness hold however many app processes share the database.
+
+Ordering: ``append`` takes the next sequence numbers from the room's counter and inserts the
+events in one transaction. Two writers (tasks or processes) that append to the same room at
+once both update the counter document, so MongoDB lets only one commit and retries the other
+against the new counter: a committed event never has a smaller id than one committed before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from chatapp.rules import format_id
+
+log = logging.getLogger(__name__)
+
+ASC, DESC = pymongo.ASCENDING, pymongo.DESCENDING
+
+# Store errors that a caller should report as "store unavailable" rather than as a bug.
+StoreError = PyMongoError
+
+
+def connect(uri: str, timeout: float) -> AsyncIOMotorClient:
+    """A Motor client whose every operation gives up after ``timeout`` seconds.
+
+    The bound is what lets a send answer ``503 store_unavailable`` within seconds while
+    MongoDB is down, instead of hanging until the driver's 30 s server-selection default.
+    """
+    return AsyncIOMotorClient(
+        uri,
+        timeoutMS=int(timeout * 1000),
+        serverSelectionTimeoutMS=int(timeout * 1000),
+        tz_aware=False,
+    )
+
+
+def to_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public form of a stored event (the contract's shape, no internal fields)."""
+    event = {
+        "id": format_id(doc["seq"]),
+        "room": doc["room"],
+        "type": doc["type"],
+        "nick": doc["nick"],
+        "ts": doc["ts"],
+    }
+    if "text" in doc:
+        event["text"] = doc["text"]
+    return event
+
+
+@dataclass
+class Appended:
+    """What ``append`` did with one new event: stored it now, or found it stored before."""
+
+    event: dict[str, Any]
+    is_new: bool
+
+
+class EventStore:
+    def __init__(self, client: AsyncIOMotorClient, db_name: str = "chatapp") -> None:
+        self.client = client
+        db = client[db_name]
+        self.events = db["events"]
+        self.counters = db["counters"]
+        self.sessions = db["sessions"]
+
+    async def create_indexes(self) -> None:
+        # Every read is "events of a room by seq", forwards or backwards.
+        await self.events.create_index([("room", ASC), ("seq", ASC)], unique=True)
+        # Idempotent sends: one event per (room, session, client_id). Partial, because join
+        # and leave events have no client_id.
+        await self.events.create_index(
+            [("room", ASC), ("sid", ASC), ("cid", ASC)],
+            unique=True,
+            partialFilterExpression={"cid": {"$exists": True}},
+        )
+        await self.sessions.create_index("nick_key", unique=True)
+        await self.sessions.create_index("expires_at")
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def append(self, room: str, docs: list[dict[str, Any]]) -> list[Appended]:
+        """Store ``docs`` (events without ``seq``) in order, atomically, with fresh ids.
+
+        A doc whose ``(sid, cid)`` is already stored in the room is not stored again: its
+        result is the stored event with ``is_new=False``. Either every new doc is stored or
+        none is (a transaction), so a failure never leaves half a batch behind.
+        """
+
+        async def transaction(session: Any) -> list[Appended]:
+            found = await self._find_sent(room, docs, session)
+            fresh = [d for d in docs if _send_key(d) not in found]
+            results: dict[int, Appended] = {}
+            if fresh:
+                counter = await self.counters.find_one_and_update(
+                    {"_id": room},
+                    {"$inc": {"seq": len(fresh)}},
+                    upsert=True,
+                    return_document=pymongo.ReturnDocument.AFTER,
+                    session=session,
+                )
+                first = counter["seq"] - len(fresh) + 1
+                rows = [dict(d, room=room, seq=first + i) for i, d in enumerate(fresh)]
+                await self.events.insert_many(rows, ordered=True, session=session)
+                for doc, row in zip(fresh, rows):
+                    results[id(doc)] = Appended(to_event(row), True)
+            return [
+                results.get(id(d)) or Appended(found[_send_key(d)], False) for d in docs
+            ]
+
+        async with await self.client.start_session() as session:
+            return await session.with_transaction(transaction)
+
+    async def _find_sent(
+        self, room: str, docs: list[dict[str, Any]], session: Any = None
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        keys = {_send_key(d) for d in docs if "cid" in d}
+        if not keys:
+            return {}
+        query = {
+            "room": room,
+            "cid": {"$in": sorted({cid for _, cid in keys})},
+            "sid": {"$in": sorted({sid for sid, _ in keys})},
+        }
+        found = {}
+        async for row in self.events.find(query, session=session):
+            key = (row["sid"], row["cid"])
+            if key in keys:
+                found[key] = to_event(row)
+        return found
+
+    async def find_batch(
+        self, room: str, docs: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Which of ``docs`` are stored, by (sid, cid): to learn what a failed append did."""
+        return await self._find_sent(room, docs)
+
+    async def latest(self, room: str, limit: int) -> list[dict[str, Any]]:
+        """The room's last ``limit`` events, oldest first."""
+        cursor = self.events.find({"room": room}).sort("seq", DESC).limit(limit)
+        rows = await cursor.to_list(limit)
+        return [to_event(r) for r in reversed(rows)]
+
+    async def after(self, room: str, seq: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events with a sequence number above ``seq``, oldest first."""
+        cursor = (
+            self.events.find({"room": room, "seq": {"$gt": seq}}).sort("seq", ASC).limit(limit)
+        )
+        return [to_event(r) for r in await cursor.to_list(limit)]
+
+    async def before(self, room: str, seq: int | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events just below ``seq`` (or the latest), oldest first."""
+        query: dict[str, Any] = {"room": room}
+        if seq is not None:
+            query["seq"] = {"$lt": seq}
+        cursor = self.events.find(query).sort("seq", DESC).limit(limit)
+        rows = await cursor.to_list(limit)
+        return [to_event(r) for r in reversed(rows)]
+
+    async def last_seq(self, room: str) -> int:
+        counter = await self.counters.find_one({"_id": room})
+        return counter["seq"] if counter else 0
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def free_expired_nick(self, key: str) -> str | None:
+        """Delete the session holding nickname ``key`` if it is past its expiry (a sweep may
+        not have run yet); the sid it had, so callers can forget it too."""
+        doc = await self.sessions.find_one_and_delete(
+            {"nick_key": key, "expires_at": {"$lt": time.time()}}, projection={"_id": 1}
+        )
+        return doc["_id"] if doc else None
+
+    async def claim_nick(self, sid: str, nick: str, key: str, expires_at: float) -> bool:
+        """Record a new session; False when a session already has that nickname (an expired
+        one is freed by ``free_expired_nick`` first)."""
+        try:
+            await self.sessions.insert_one(
+                {"_id": sid, "nick": nick, "nick_key": key, "expires_at": expires_at}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_session(self, sid: str) -> dict[str, Any] | None:
+        doc = await self.sessions.find_one({"_id": sid, "expires_at": {"$gte": time.time()}})
+        return doc
+
+    async def delete_session(self, sid: str) -> None:
+        await self.sessions.delete_one({"_id": sid})
+
+    async def extend_sessions(self, sids: list[str], expires_at: float) -> None:
+        if sids:
+            await self.sessions.update_many(
+                {"_id": {"$in": sids}}, {"$max": {"expires_at": expires_at}}
+            )
+
+    async def expired_sessions(self, now: float) -> list[str]:
+        rows = await self.sessions.find({"expires_at": {"$lt": now}}, {"_id": 1}).to_list(None)
+        return [r["_id"] for r in rows]
+
+    async def delete_sessions(self, sids: list[str], now: float) -> None:
+        # Re-check expiry so a session extended meanwhile (by another process) survives.
+        await self.sessions.delete_many({"_id": {"$in": sids}, "expires_at": {"$lt": now}})
+
+
+def _send_key(doc: dict[str, Any]) -> tuple[str, str]:
+    return (doc.get("sid", ""), doc.get("cid", ""))

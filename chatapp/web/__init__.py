@@ -1,0 +1,1 @@
+"""The transports: thin Tornado handlers over ``chatapp.chat.Chat``."""

@@ -1,0 +1,127 @@
+"""What every handler shares: the session cookie, JSON errors and security headers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from chatapp import rules
+from chatapp.chat import Chat
+from chatapp.errors import ChatError
+from chatapp.sessions import Session
+
+SESSION_COOKIE = "chatapp_session"
+# The cookie only names the session; the server decides when the session expires. A month
+# keeps a returning visitor's cookie around long enough to be recognised if still live.
+SESSION_COOKIE_DAYS = 30
+
+# No inline script or style anywhere: what a stored message could smuggle into a page has
+# nothing to run. connect-src allows the page's own WebSocket (ws: and wss: on the same host).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+# Tornado's own errors (XSRF refusal, unknown route, wrong method), in the contract's shape.
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "no_session",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    @property
+    def chat(self) -> Chat:
+        return self.application.settings["chat"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("X-Frame-Options", "DENY")
+
+    async def current_session(self) -> Session | None:
+        sid = self.get_signed_cookie(SESSION_COOKIE)
+        if not sid:
+            return None
+        return await self.chat.sessions.get(sid.decode())
+
+    async def require_session(self) -> Session:
+        session = await self.current_session()
+        if session is None:
+            raise ChatError("no_session", "Choose a nickname first.", 401)
+        return session
+
+    def set_session_cookie(self, session: Session) -> None:
+        self.set_signed_cookie(
+            SESSION_COOKIE,
+            session.sid,
+            expires_days=SESSION_COOKIE_DAYS,
+            httponly=True,
+            samesite="Lax",
+            secure=self.request.protocol == "https",
+        )
+
+
+class JSONHandler(BaseHandler):
+    """API handlers: JSON in, JSON out, every error as ``{"error", "message"}``."""
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > rules.MAX_BODY_BYTES:
+            raise ChatError("too_large", "The request body is larger than 64 KiB.", 413)
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+    def body_fields(self) -> dict[str, Any]:
+        """The request's fields: a JSON object, or a form body for old browsers."""
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            # Decoded as sent: get_body_argument would turn control characters into spaces
+            # and strip, so the text rules would not see what the client sent.
+            return {
+                k: self.decode_argument(v[-1], name=k)
+                for k, v in self.request.body_arguments.items()
+            }
+        try:
+            fields = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ChatError("bad_json", "The request body is not valid JSON.", 400) from None
+        if not isinstance(fields, dict):
+            raise ChatError("bad_json", "The request body must be a JSON object.", 400)
+        return fields
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ChatError):
+            code, message = exc.code, exc.message
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            code, message = _STATUS_CODES.get(status_code, "error"), exc.log_message % exc.args
+        else:
+            code = _STATUS_CODES.get(status_code, "error")
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": code, "message": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ChatError):
+            return  # a refusal we chose, not a fault worth a traceback
+        super().log_exception(typ, value, tb)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ChatError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)

@@ -1,0 +1,181 @@
+"""The WebSocket transport: ``GET /api/rooms/<room>/ws?cursor=<id>``.
+
+One connection is one waiter on its room's ``MessageBuffer``: it is woken with every published
+entry and writes the entry's pre-built frame. Sends come in as ``{"type": "send", ...}`` frames
+and go through the same ``Chat.send`` as ``POST .../messages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+import tornado.websocket
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+
+from chatapp import rules
+from chatapp.buffer import Entry, MessageBuffer, encode
+from chatapp.chat import MAX_UPDATES, Chat
+from chatapp.errors import ChatError
+from chatapp.sessions import Session
+from chatapp.web.base import CONTENT_SECURITY_POLICY, SESSION_COOKIE
+
+log = logging.getLogger(__name__)
+
+# A client that stops reading lets its frames pile up in the server's memory. Past this many
+# bytes unsent it is closed (it reconnects and resumes from its cursor): one stuck client must
+# not grow the server without bound. 1 MiB is several thousand typical messages.
+MAX_PENDING_OUTPUT = 1024 * 1024
+# Close codes: 1001 "going away" on shutdown, 1008 "policy violation" for a logged-out
+# session, 1013 "try again later" for a client too slow to keep up.
+CLOSE_SLOW, CLOSE_SESSION_ENDED = 1013, 1008
+
+
+class RoomSocket(tornado.websocket.WebSocketHandler):
+    session: Session
+    room: str
+    buffer: MessageBuffer | None = None
+    closed = False
+
+    @property
+    def chat(self) -> Chat:
+        return self.application.settings["chat"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    async def get(self, room: str) -> None:
+        """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
+        sid = self.get_signed_cookie(SESSION_COOKIE)
+        session = await self.chat.sessions.get(sid.decode()) if sid else None
+        cursor = self.get_query_argument("cursor", None)
+        try:
+            rules.check_room(room)
+            if cursor is not None:
+                rules.check_cursor(cursor)
+            if session is None:
+                raise ChatError("no_session", "Choose a nickname first.", 403)
+        except ChatError as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps({"error": exc.code, "message": exc.message}))
+            return
+        self.session, self.room, self.cursor = session, room, cursor
+        self.last_id = ""
+        self.caught_up = False
+        self.held: list[Entry] = []
+        await super().get(room)
+
+    def check_origin(self, origin: str) -> bool:
+        """Only pages of this server (or of ``--allowed_origins``) may open a socket with the
+        visitor's cookie; this is what stops another site from chatting in their name."""
+        allowed = self.settings.get("allowed_origins", ())
+        if origin in allowed:
+            return True
+        return urlparse(origin).netloc.lower() == self.request.host.lower()
+
+    async def open(self, room: str) -> None:
+        self.ws_connection.stream.max_write_buffer_size = MAX_PENDING_OUTPUT  # type: ignore
+        try:
+            buffer = await self.chat.connect(self.session, room, self)
+            if self.closed:
+                # Gone while the room was loading: on_close could not undo the connect.
+                self.chat.disconnect(self.session, room, self)
+                return
+            self.buffer = buffer
+            # Registered before reading the backlog: what is published meanwhile is held
+            # and written after it, so nothing falls between the two.
+            self.buffer.waiters.add(self)
+            await self._catch_up()
+        except ChatError as exc:
+            self._send_error(exc)
+            self.close(1011, exc.code)
+            return
+        self.write_frame(encode({"type": "presence", "nicks": self.buffer.nicks}))
+
+    async def _catch_up(self) -> None:
+        cursor = self.cursor
+        while True:
+            entries = await self.chat.updates(self.room, cursor)
+            self._write_entries(entries)
+            if cursor is None or len(entries) < MAX_UPDATES:
+                break
+            cursor = self.last_id
+        self.caught_up = True
+        held, self.held = self.held, []
+        self._write_entries(held)
+
+    # -- the waiter side: called by MessageBuffer -------------------------------------------
+
+    def wake(self, entries: list[Entry]) -> None:
+        if self.caught_up:
+            self._write_entries(entries)
+        else:
+            self.held.extend(entries)
+
+    def presence_changed(self, nicks: list[str]) -> None:
+        if self.caught_up:
+            self.write_frame(encode({"type": "presence", "nicks": nicks}))
+
+    def shutdown(self) -> None:
+        self.close(1001, "server restarting")
+
+    def session_ended(self) -> None:
+        self.close(CLOSE_SESSION_ENDED, "session ended")
+
+    def _write_entries(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            # By id, not by position: the backlog and live events may overlap.
+            if entry.id > self.last_id:
+                self.last_id = entry.id
+                self.write_frame(entry.frame)
+
+    def write_frame(self, frame: str) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        try:
+            self.write_message(frame)
+        except StreamBufferFullError:
+            log.info("closing a WebSocket that stopped reading (%s)", self.session.nick)
+            self.close(CLOSE_SLOW, "too slow; reconnect with your cursor")
+        except (tornado.websocket.WebSocketClosedError, StreamClosedError):
+            pass
+
+    # -- the client side ----------------------------------------------------------------------
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            frame = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            self._send_error(ChatError("bad_frame", "That frame is not valid JSON."))
+            return
+        if not isinstance(frame, dict) or frame.get("type") != "send":
+            self._send_error(
+                ChatError("bad_frame", 'Frames must be {"type": "send", "text", "client_id"}.')
+            )
+            return
+        asyncio.ensure_future(self._send(frame.get("text"), frame.get("client_id")))
+
+    async def _send(self, text: Any, client_id: Any) -> None:
+        try:
+            event = await self.chat.send(self.session, self.room, text, client_id)
+        except ChatError as exc:
+            self._send_error(exc, client_id)
+            return
+        self.write_frame(encode({"type": "ack", "client_id": client_id, "event": event}))
+
+    def _send_error(self, exc: ChatError, client_id: Any = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "error": exc.code, "message": exc.message}
+        if isinstance(client_id, str):
+            frame["client_id"] = client_id
+        self.write_frame(encode(frame))
+
+    def on_close(self) -> None:
+        self.closed = True
+        if self.buffer is not None:
+            self.buffer.waiters.discard(self)
+            self.chat.disconnect(self.session, self.room, self)
