@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatapp.rules import nick_key
+
 
 @dataclass
 class Member:
@@ -68,7 +70,8 @@ class Presence:
         return left
 
     def nicks(self, room: str) -> list[str]:
-        return sorted(m.nick for m in self._rooms.get(room, {}).values())
+        # Sorted as people read a list: "an" before "Bo", whatever the case.
+        return sorted((m.nick for m in self._rooms.get(room, {}).values()), key=nick_key)
 
     def last_seen(self) -> dict[str, float]:
         """For each session with a member record: now if connected, else when it went away.

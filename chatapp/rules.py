@@ -49,9 +49,20 @@ def is_valid_room(room: str) -> bool:
 
 
 def check_text(text: object) -> str:
-    """The text as it will be stored: surrounding white space trimmed, otherwise untouched."""
+    """The text as it will be stored: surrounding white space trimmed, otherwise untouched.
+
+    The one change besides trimming: line breaks become ``\n``. HTML forms submit a textarea's
+    line breaks as CRLF, and a message must look the same whichever way it was sent.
+    """
     if not isinstance(text, str):
         raise ChatError("bad_text", "The message text must be a string.", 400)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Refused before trimming: strip() would quietly drop some controls at the ends.
+    for ch in text:
+        if ch not in _ALLOWED_CONTROLS and _is_control(ch):
+            raise ChatError(
+                "bad_text", "The message contains control characters.", 400
+            )
     text = text.strip()
     if not text:
         raise ChatError("bad_text", "The message is empty.", 400)
@@ -59,11 +70,6 @@ def check_text(text: object) -> str:
         raise ChatError(
             "bad_text", f"The message is longer than {MAX_TEXT_CHARS} characters.", 400
         )
-    for ch in text:
-        if ch not in _ALLOWED_CONTROLS and _is_control(ch):
-            raise ChatError(
-                "bad_text", "The message contains control characters.", 400
-            )
     return text
 
 

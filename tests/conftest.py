@@ -54,4 +54,4 @@ def servers(io_loop, mongo_uri, db_name):
     """
     factory = ServerFactory(mongo_uri, db_name)
     yield factory
-    factory.close_all()
+    factory.close_all(io_loop)

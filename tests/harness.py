@@ -94,8 +94,11 @@ class ServerFactory:
         self.started.append(server)
         return await server.start()
 
-    def close_all(self) -> None:
+    def close_all(self, io_loop: Any = None) -> None:
         for server in self.started:
+            if io_loop is not None and server.server is not None:
+                # A clean stop: in-flight writes finish before the store's client closes.
+                io_loop.run_sync(server.stop, timeout=15)
             server.close_now()
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import tornado.web
 
 from chatapp import rules
 from chatapp.chat import Chat
-from chatapp.errors import ChatError
+from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
+from chatapp.store import StoreError
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "chatapp_session"
 # The cookie only names the session; the server decides when the session expires. A month
@@ -47,6 +51,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
         self.set_header("X-Frame-Options", "DENY")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        log_handler_exception(self, typ, value, tb)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        status_code, kwargs = as_chat_error(status_code, kwargs)
+        super().send_error(status_code, **kwargs)
 
     async def current_session(self) -> Session | None:
         sid = self.get_signed_cookie(SESSION_COOKIE)
@@ -115,13 +126,26 @@ class JSONHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": code, "message": message}))
 
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ChatError):
-            return  # a refusal we chose, not a fault worth a traceback
-        super().log_exception(typ, value, tb)
 
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ChatError):
-            status_code = exc.status
-        super().send_error(status_code, **kwargs)
+
+def as_chat_error(status_code: int, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A refusal's own status; MongoDB failing anywhere becomes ``503 store_unavailable``."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    if isinstance(exc, StoreError):
+        exc = store_unavailable()
+        kwargs = dict(kwargs, exc_info=(ChatError, exc, None))
+    if isinstance(exc, ChatError):
+        status_code = exc.status
+    return status_code, kwargs
+
+
+def log_handler_exception(
+    handler: tornado.web.RequestHandler, typ: Any, value: Any, tb: Any
+) -> None:
+    if isinstance(value, ChatError):
+        return  # a refusal we chose, not a fault worth a traceback
+    if isinstance(value, StoreError):
+        log.warning("%s %s: MongoDB unavailable: %s", handler.request.method,
+                    handler.request.path, value)
+        return
+    tornado.web.RequestHandler.log_exception(handler, typ, value, tb)

@@ -19,8 +19,9 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 from chatapp import rules
 from chatapp.buffer import Entry, MessageBuffer, encode
 from chatapp.chat import MAX_UPDATES, Chat
-from chatapp.errors import ChatError
+from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
+from chatapp.store import StoreError
 from chatapp.web.base import CONTENT_SECURITY_POLICY, SESSION_COOKIE
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
         sid = self.get_signed_cookie(SESSION_COOKIE)
-        session = await self.chat.sessions.get(sid.decode()) if sid else None
         cursor = self.get_query_argument("cursor", None)
         try:
+            try:
+                session = await self.chat.sessions.get(sid.decode()) if sid else None
+            except StoreError:
+                raise store_unavailable() from None
             rules.check_room(room)
             if cursor is not None:
                 rules.check_cursor(cursor)
@@ -141,7 +145,11 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
             self.write_message(frame)
         except StreamBufferFullError:
             log.info("closing a WebSocket that stopped reading (%s)", self.session.nick)
-            self.close(CLOSE_SLOW, "too slow; reconnect with your cursor")
+            try:
+                self.close(CLOSE_SLOW, "too slow; reconnect with your cursor")
+            except StreamBufferFullError:
+                # Not even the close frame fits: drop the connection outright.
+                self.ws_connection.stream.close()  # type: ignore[union-attr]
         except (tornado.websocket.WebSocketClosedError, StreamClosedError):
             pass
 
