@@ -67,6 +67,8 @@ async def serve(opts: object, uri: str) -> int:
         grace_period=opts.grace_period,  # type: ignore[attr-defined]
         unused_session_ttl=opts.unused_session_ttl,  # type: ignore[attr-defined]
         store_timeout=opts.mongo_timeout,  # type: ignore[attr-defined]
+        max_connections_per_session=opts.max_connections_per_session,  # type: ignore[attr-defined]
+        max_connections_per_ip=opts.max_connections_per_ip,  # type: ignore[attr-defined]
     )
     chat.start()
     origins = tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip())  # type: ignore[attr-defined]

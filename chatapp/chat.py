@@ -13,12 +13,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatapp import rules
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.limits import ConnectionLimits
 from chatapp.presence import Member, Presence
 from chatapp.ratelimit import TokenBucket
 from chatapp.sessions import Session, Sessions
@@ -80,6 +81,8 @@ class Chat:
         grace_period: float = 60.0,
         unused_session_ttl: float = 120.0,
         store_timeout: float = 4.0,
+        max_connections_per_session: int = 20,
+        max_connections_per_ip: int = 1000,
     ) -> None:
         self.store = store
         self.history_size = history_size
@@ -88,6 +91,7 @@ class Chat:
         self.store_timeout = store_timeout
         self.sessions = Sessions(store, unused_session_ttl)
         self.presence = Presence(grace_period)
+        self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
         self._rooms: dict[str, MessageBuffer] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._writers: dict[str, RoomWriter] = {}
@@ -195,15 +199,20 @@ class Chat:
             bucket = self._buckets[sid] = TokenBucket(self.rate_limit)
         return bucket.take()
 
-    async def _announce(self, room: str, kind: str, member: Member | Session) -> None:
-        """Store and deliver a join or leave event; logged, never raised, if the store fails."""
+    def _announce(self, room: str, kind: str, member: Member | Session) -> asyncio.Future:
+        """Queue a join or leave event now, behind whatever was sent before it and ahead of
+        whatever is sent after; it is stored and delivered in the background (the returned
+        task), logged, never raised, if the store fails. The room is loaded: a member is
+        present only in rooms ``connect`` loaded."""
         doc = {"type": kind, "nick": member.nick, "ts": time.time(),
                "sid": member.sid, "cid": f"{kind}-{secrets.token_hex(8)}"}
+        return asyncio.ensure_future(self._record(room, doc, self._writer(room).write(doc)))
+
+    async def _record(self, room: str, doc: dict[str, Any], stored: Awaitable[Any]) -> None:
         try:
-            await self.room(room)
-            await self._writer(room).write(doc)
+            await stored
         except ChatError as exc:
-            log.warning("could not record %s of %s in %s: %s", kind, member.nick, room, exc)
+            log.warning("could not record %s of %s in %s: %s", doc["type"], doc["nick"], room, exc)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -237,6 +246,7 @@ class Chat:
         room: str,
         cursor: str | None,
         timeout: float,
+        address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
     ) -> list[Entry] | None:
         """The long-poll: events after ``cursor`` at once if there are any, else wait up to
@@ -246,7 +256,7 @@ class Chat:
         waiter = PollWaiter()
         if on_park is not None:
             on_park(waiter)
-        buffer = await self.connect(session, room, waiter)
+        buffer = await self.connect(session, room, waiter, address)
         try:
             # Parked before reading, so an event published between the read and the wait
             # still wakes us.
@@ -257,7 +267,7 @@ class Chat:
             return await waiter.wait(timeout)
         finally:
             buffer.waiters.discard(waiter)
-            self.disconnect(session, room, waiter)
+            self.disconnect(session, room, waiter, address)
             if not waiter.answered.done():
                 waiter.answered.set_result(None)
 
@@ -291,16 +301,26 @@ class Chat:
 
     # -- connections and presence --------------------------------------------------------------
 
-    async def connect(self, session: Session, room: str, conn: Any) -> MessageBuffer:
-        """Count a connection (a WebSocket, or a pending long-poll) as open in ``room``."""
-        buffer = await self.room(room)
+    async def connect(
+        self, session: Session, room: str, conn: Any, address: str
+    ) -> MessageBuffer:
+        """Count a connection (a WebSocket, or a pending long-poll) from ``address`` as open in
+        ``room``. Refuses it (``too_many_connections``) past the per-session or per-address
+        cap. Every successful ``connect`` must be paired with one ``disconnect``."""
+        self.limits.acquire(session.sid, address)
+        try:
+            buffer = await self.room(room)
+        except BaseException:
+            self.limits.release(session.sid, address)
+            raise
         if self.presence.connect(room, session.sid, session.nick, conn):
             buffer.set_presence(self.presence.nicks(room))
             asyncio.ensure_future(self._announce(room, "join", session))
         return buffer
 
-    def disconnect(self, session: Session, room: str, conn: Any) -> None:
+    def disconnect(self, session: Session, room: str, conn: Any, address: str) -> None:
         """The connection closed; the session leaves after the grace period unless it returns."""
+        self.limits.release(session.sid, address)
         self.presence.disconnect(room, session.sid, conn)
 
     async def end_session(self, session: Session) -> None:

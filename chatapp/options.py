@@ -26,6 +26,11 @@ define("grace_period", default=60.0, type=float,
        help="seconds a session keeps its nickname and presence after its last connection")
 define("unused_session_ttl", default=120.0, type=float,
        help="seconds a session that never opened a connection lives")
+define("max_connections_per_session", default=20, type=int,
+       help="open WebSockets and long-polls one session may hold (tabs x rooms); 0: no cap")
+define("max_connections_per_ip", default=1000, type=int,
+       help="open WebSockets and long-polls one client address may hold (a whole office "
+            "behind one NAT counts once); 0: no cap")
 define("mongo_timeout", default=4.0, type=float,
        help="seconds a MongoDB operation may take before a send fails with store_unavailable")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from chatapp.errors import store_unavailable
@@ -59,9 +59,13 @@ class RoomWriter:
         self._inflight: dict[Key, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
 
-    async def write(self, doc: dict[str, Any]) -> Appended:
-        """Store ``doc`` and publish it; the stored event (or the one stored before for the
-        same sid and cid). Raises ``store_unavailable`` after ``timeout`` seconds."""
+    def write(self, doc: dict[str, Any]) -> Coroutine[Any, Any, Appended]:
+        """Store ``doc`` and publish it; await the stored event (or the one stored before for
+        the same sid and cid). Raises ``store_unavailable`` after ``timeout`` seconds.
+
+        ``doc`` is queued when this is called, not when the result is awaited: a caller that
+        cannot wait (a join announced while a connection opens) still gets its place in line.
+        """
         key = (doc["sid"], doc["cid"])
         future = self._inflight.get(key)
         pending = None
@@ -72,6 +76,11 @@ class RoomWriter:
             self._queue.append(pending)
             if self._task is None:
                 self._task = asyncio.ensure_future(self._drain())
+        return self._outcome(key, future, pending)
+
+    async def _outcome(
+        self, key: Key, future: asyncio.Future, pending: _Pending | None
+    ) -> Appended:
         try:
             result = await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:

@@ -63,7 +63,9 @@ class UpdatesAPI(JSONHandler):
         if cursor is not None:
             rules.check_cursor(cursor)
         timeout = self.settings["poll_timeout"] * random.uniform(1 - POLL_JITTER, 1)
-        entries = await self.chat.poll(session, room, cursor, timeout, self._park)
+        entries = await self.chat.poll(
+            session, room, cursor, timeout, self.request.remote_ip or "", self._park
+        )
         if entries is None:
             if self.request.connection.stream.closed():
                 return  # the client is gone; nobody to answer

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # not grow the server without bound. 1 MiB is several thousand typical messages.
 MAX_PENDING_OUTPUT = 1024 * 1024
 # Close codes: 1001 "going away" on shutdown, 1008 "policy violation" for a logged-out
-# session, 1013 "try again later" for a client too slow to keep up.
-CLOSE_SLOW, CLOSE_SESSION_ENDED = 1013, 1008
+# session, 1013 "try again later" for a client too slow to keep up, or refused for now.
+CLOSE_TRY_LATER, CLOSE_SESSION_ENDED = 1013, 1008
 
 
 class RoomSocket(tornado.websocket.WebSocketHandler):
@@ -63,12 +63,17 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
                 rules.check_cursor(cursor)
             if session is None:
                 raise ChatError("no_session", "Choose a nickname first.", 403)
+            # Loaded before the upgrade, so that open() counts the connection and queues its
+            # join in the same step as the handshake: nothing sent once the socket is open can
+            # be stored before that join.
+            await self.chat.room(room)
         except ChatError as exc:
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.finish(json.dumps({"error": exc.code, "message": exc.message}))
             return
         self.session, self.room, self.cursor = session, room, cursor
+        self.address = self.request.remote_ip or ""
         self.last_id = ""
         self.caught_up = False
         self.held: list[Entry] = []
@@ -85,10 +90,10 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
     async def open(self, room: str) -> None:
         self.ws_connection.stream.max_write_buffer_size = MAX_PENDING_OUTPUT  # type: ignore
         try:
-            buffer = await self.chat.connect(self.session, room, self)
+            buffer = await self.chat.connect(self.session, room, self, self.address)
             if self.closed:
                 # Gone while the room was loading: on_close could not undo the connect.
-                self.chat.disconnect(self.session, room, self)
+                self.chat.disconnect(self.session, room, self, self.address)
                 return
             self.buffer = buffer
             # Registered before reading the backlog: what is published meanwhile is held
@@ -96,8 +101,10 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
             self.buffer.waiters.add(self)
             await self._catch_up()
         except ChatError as exc:
+            # Refused or unavailable for now (a cap, MongoDB down): say why, then close with
+            # "try again later"; the client reconnects with back-off and its cursor.
             self._send_error(exc)
-            self.close(1011, exc.code)
+            self.close(CLOSE_TRY_LATER, exc.code)
             return
         self.write_frame(encode({"type": "presence", "nicks": self.buffer.nicks}))
 
@@ -146,7 +153,7 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
         except StreamBufferFullError:
             log.info("closing a WebSocket that stopped reading (%s)", self.session.nick)
             try:
-                self.close(CLOSE_SLOW, "too slow; reconnect with your cursor")
+                self.close(CLOSE_TRY_LATER, "too slow; reconnect with your cursor")
             except StreamBufferFullError:
                 # Not even the close frame fits: drop the connection outright.
                 self.ws_connection.stream.close()  # type: ignore[union-attr]
@@ -186,4 +193,4 @@ class RoomSocket(tornado.websocket.WebSocketHandler):
         self.closed = True
         if self.buffer is not None:
             self.buffer.waiters.discard(self)
-            self.chat.disconnect(self.session, self.room, self)
+            self.chat.disconnect(self.session, self.room, self, self.address)
