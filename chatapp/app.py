@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from typing import Any
 
 import tornado.web
+from tornado.log import access_log
 
 from chatapp import paths, rules
 from chatapp.chat import Chat
@@ -60,9 +62,29 @@ def make_app(
         # so their session can leave the room after the grace period.
         websocket_ping_interval=25,
         websocket_ping_timeout=20,
+        log_function=log_request,
         debug=debug,
         **settings,
     )
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log: refusals and failures at INFO and above, the rest at DEBUG.
+
+    Every long-poll answer is a request: logging each one at INFO would put a log line (and
+    its formatting and I/O) on the path of every long-poll delivery.
+    """
+    status = handler.get_status()
+    if status < 400:
+        level = logging.DEBUG
+    elif status < 500:
+        level = logging.INFO
+    else:
+        level = logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(level, "%d %s %.2fms", status, handler._request_summary(),
+                       1000.0 * request.request_time())
 
 
 def load_cookie_secret(data_dir: str) -> str:

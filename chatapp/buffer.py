@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import struct
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -26,14 +27,50 @@ def encode(obj: Any) -> str:
 class Entry:
     """One published event and its encodings, shared by every delivery of it."""
 
-    __slots__ = ("event", "frame", "id", "json")
+    __slots__ = ("event", "frame", "id", "json", "wire")
 
     def __init__(self, event: dict[str, Any]) -> None:
         self.event = event
         self.id: str = event["id"]
         self.json = encode(event)
-        # The WebSocket frame, built by splicing rather than re-encoding the event.
+        # The WebSocket message, built by splicing rather than re-encoding the event...
         self.frame = '{"type":"event","event":' + self.json + "}"
+        # ...and its complete frame on the wire, so that fan-out to N sockets is N writes of
+        # the same bytes instead of N encodings.
+        self.wire = websocket_text_frame(self.frame.encode())
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked, uncompressed RFC 6455 text frame: what a server sends."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Batch(list):
+    """Entries published together. The joined encodings are computed once, on first use, and
+    shared by every waiter woken with this batch."""
+
+    _wire: bytes | None = None
+    _json: str | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = b"".join(e.wire for e in self)
+        return self._wire
+
+    @property
+    def json_array(self) -> str:
+        """The events as the inside of a JSON array: ``{...},{...}``."""
+        if self._json is None:
+            self._json = ",".join(e.json for e in self)
+        return self._json
 
 
 class Waiter(Protocol):
@@ -86,7 +123,7 @@ class MessageBuffer:
 
     def publish(self, events: Iterable[dict[str, Any]]) -> list[Entry]:
         """Add stored events (in id order) and wake every waiter once with all of them."""
-        new = []
+        new = Batch()
         for event in events:
             if event["id"] <= self.last_id:
                 continue  # already published: publishing twice must not deliver twice

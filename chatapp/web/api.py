@@ -7,6 +7,7 @@ import random
 import tornado.web
 
 from chatapp import rules
+from chatapp.buffer import Batch
 from chatapp.chat import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter
 from chatapp.errors import ChatError
 from chatapp.store import StoreError
@@ -70,14 +71,15 @@ class UpdatesAPI(JSONHandler):
             if self.request.connection.stream.closed():
                 return  # the client is gone; nobody to answer
             raise ChatError("no_session", "The session has ended.", 401)
-        # The events were encoded once when published; splice them, don't re-encode.
+        # The events were encoded once when published (and a woken batch joined once for all
+        # its waiters): splice them, don't re-encode.
         new_cursor = entries[-1].id if entries else (cursor or "")
+        events = entries.json_array if isinstance(entries, Batch) else ",".join(
+            e.json for e in entries
+        )
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(
-            '{"events":[' + ",".join(e.json for e in entries) + '],"cursor":"'
-            + new_cursor + '"}'
-        )
+        self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"}')
 
     def _park(self, waiter: PollWaiter) -> None:
         self.waiter = waiter
