@@ -41,16 +41,29 @@ _STATUS_CODES = {
 }
 
 
-class BaseHandler(tornado.web.RequestHandler):
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+class ChatHandlerMixin:
+    """What every handler of ours has, the WebSocket included: the core and the headers."""
+
+    application: tornado.web.Application
+
     @property
     def chat(self) -> Chat:
         return self.application.settings["chat"]
 
     def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("X-Frame-Options", "DENY")
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)  # type: ignore[attr-defined]
+
+
+class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         log_handler_exception(self, typ, value, tb)

@@ -18,11 +18,11 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
-from chatapp.chat import MAX_UPDATES, Chat
+from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
 from chatapp.store import StoreError
-from chatapp.web.base import CONTENT_SECURITY_POLICY, SESSION_COOKIE
+from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,11 @@ MAX_PENDING_OUTPUT = 1024 * 1024
 CLOSE_TRY_LATER, CLOSE_SESSION_ENDED = 1013, 1008
 
 
-class RoomSocket(tornado.websocket.WebSocketHandler):
+class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     session: Session
     room: str
     buffer: MessageBuffer | None = None
     closed = False
-
-    @property
-    def chat(self) -> Chat:
-        return self.application.settings["chat"]
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.set_header("X-Content-Type-Options", "nosniff")
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
