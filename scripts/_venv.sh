@@ -10,7 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.chatapp-installed-$extras"
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+  echo "Installing chatapp[$extras] into $VENV (first run, or setup.py changed)..." >&2
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>/dev/null
+  # pip talks a lot on stderr; keep it in a log, show it only when the install fails.
+  if ! "$VENV/bin/python" -m pip install --quiet -e ".[$extras]" 2>"$VENV/pip.log"; then
+    cat "$VENV/pip.log" >&2; exit 1
+  fi
   touch "$stamp"
 fi
