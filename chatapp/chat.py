@@ -216,6 +216,17 @@ class Chat:
 
     # -- reading ------------------------------------------------------------------------------
 
+    async def open_room(self, room: str, cursor: str | None = None) -> MessageBuffer:
+        """The room's buffer, once ``cursor`` (if any) is known to be an id this server
+        issued in it; ``bad_cursor`` otherwise, before anything else happens."""
+        buffer = await self.room(room)
+        if cursor is not None:
+            rules.check_cursor(cursor)
+            if cursor > buffer.last_id:
+                # Newer than anything published here: valid only if the store handed it out.
+                await self._check_issued(room, cursor)
+        return buffer
+
     async def updates(self, room: str, cursor: str | None, limit: int = MAX_UPDATES) -> list[Entry]:
         """Events after ``cursor`` (at most ``limit``), oldest first; [] when none are newer.
 
@@ -223,14 +234,11 @@ class Chat:
         Answered from memory when the buffer reaches back to the cursor, else from the store:
         either way, never a gap and never a repeat.
         """
-        buffer = await self.room(room)
+        buffer = await self.open_room(room, cursor)
         if cursor is None:
             return buffer.latest(self.history_size)
-        rules.check_cursor(cursor)
         if cursor > buffer.last_id:
-            # Newer than anything published here: valid only if the store handed it out.
-            await self._check_issued(room, cursor)
-            return []
+            return []  # issued (open_room checked) but not yet published here
         entries = buffer.since(cursor)
         if entries is not None:
             return entries[:limit]

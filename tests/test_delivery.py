@@ -633,6 +633,19 @@ async def test_websocket_without_a_session_is_refused_with_403(servers):
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("cursor", ["abc", "000000000099"])
+async def test_websocket_with_a_cursor_never_issued_is_refused_with_400(servers, cursor):
+    # Refused before the upgrade, as plain HTTP: a client must not mistake it for a
+    # connection problem and retry the same cursor forever.
+    srv = await servers.start()
+    alice = await user(srv, "alice")
+    with pytest.raises(HTTPClientError) as refused:
+        await alice.ws(ROOM, cursor=cursor)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.response.body)["error"] == "bad_cursor"
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_websocket_from_a_foreign_origin_is_refused_with_403(servers):
     srv = await servers.start()
     alice = await user(srv, "alice")

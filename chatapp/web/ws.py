@@ -22,7 +22,7 @@ from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
 from chatapp.store import StoreError
-from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin
+from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,12 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             except StoreError:
                 raise store_unavailable() from None
             rules.check_room(room)
-            if cursor is not None:
-                rules.check_cursor(cursor)
             if session is None:
                 raise ChatError("no_session", "Choose a nickname first.", 403)
-            # Loaded before the upgrade, so that open() counts the connection and queues its
-            # join in the same step as the handshake: nothing sent once the socket is open can
-            # be stored before that join.
-            await self.chat.room(room)
+            # Loaded (and the cursor checked) before the upgrade: a bad cursor is a plain 400,
+            # and open() counts the connection and queues its join in the same step as the
+            # handshake, so nothing sent once the socket is open is stored before that join.
+            await self.chat.open_room(room, cursor)
         except ChatError as exc:
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -70,6 +68,11 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         self.caught_up = False
         self.held: list[Entry] = []
         await super().get(room)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own refusals before get() runs (a room name that is not UTF-8) in the
+        contract's JSON shape too, like the refusals get() makes."""
+        JSONHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def check_origin(self, origin: str) -> bool:
         """Only pages of this server (or of ``--allowed_origins``) may open a socket with the
@@ -104,13 +107,36 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         cursor = self.cursor
         while True:
             entries = await self.chat.updates(self.room, cursor)
-            self._write_entries(entries)
-            if cursor is None or len(entries) < MAX_UPDATES:
+            await self._write_backlog(entries)
+            if self.closed or cursor is None or len(entries) < MAX_UPDATES:
                 break
             cursor = self.last_id
+        while self.held and not self.closed:  # what was published meanwhile, paced the same
+            held, self.held = self.held, []
+            await self._write_backlog(held)
         self.caught_up = True
-        held, self.held = self.held, []
-        self._write_entries(held)
+
+    async def _write_backlog(self, entries: list[Entry]) -> None:
+        """Write missed events as fast as the client reads them. A backlog can be far larger
+        than MAX_PENDING_OUTPUT (a client back after a while): written at once, it got a
+        client that reads perfectly well closed as too slow, on every reconnect."""
+        fresh = [e for e in entries if e.id > self.last_id]
+        start = 0
+        while start < len(fresh):
+            end, size = start + 1, len(fresh[start].wire)
+            while end < len(fresh) and size + len(fresh[end].wire) <= MAX_PENDING_OUTPUT // 2:
+                size += len(fresh[end].wire)
+                end += 1
+            self.last_id = fresh[end - 1].id
+            flushed = self._write_wire(b"".join(e.wire for e in fresh[start:end]))
+            start = end
+            if flushed is None:
+                return  # closed
+            if start < len(fresh):
+                try:
+                    await flushed  # the client has taken everything written so far
+                except StreamClosedError:
+                    return  # it went away: on_close cleans up
 
     # -- the waiter side: called by MessageBuffer -------------------------------------------
 
@@ -150,16 +176,23 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         """Send one JSON text message (acks, errors, presence: the per-socket frames)."""
         self._write_wire(websocket_text_frame(frame.encode()))
 
-    def _write_wire(self, data: bytes) -> None:
+    def _write_wire(self, data: bytes) -> asyncio.Future | None:
+        """Queue ``data``; resolves once the client's socket has taken it. None if the
+        connection is closing or was just closed for being too slow."""
         # Complete frames go straight to the connection's stream: Tornado's write_message
         # would encode and frame the same bytes again, and start a task, for every socket.
         # This is sound because the server never negotiates compression (no
         # get_compression_options), so a frame's bytes are the same for every client.
         conn = self.ws_connection
         if conn is None or conn.is_closing():
-            return
+            return None
+        stream = conn.stream  # type: ignore[attr-defined]
         try:
-            conn.stream.write(data)  # type: ignore[attr-defined]
+            # The cap is on what the client has not taken yet, checked before each write; not
+            # on what comes, since one published batch (up to 500 long messages) may alone be
+            # larger than the cap and a client that keeps up must still get it.
+            stream.max_write_buffer_size = MAX_PENDING_OUTPUT + len(data)
+            return stream.write(data)
         except StreamBufferFullError:
             log.info("closing a WebSocket that stopped reading (%s)", self.session.nick)
             try:
@@ -169,13 +202,15 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
                 self.ws_connection.stream.close()  # type: ignore[union-attr]
         except (tornado.websocket.WebSocketClosedError, StreamClosedError):
             pass
+        return None
 
     # -- the client side ----------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
         try:
             frame = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
+        # RecursionError: nesting deeper than the parser allows; it used to drop the socket.
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self._send_error(ChatError("bad_frame", "That frame is not valid JSON."))
             return
         if not isinstance(frame, dict) or frame.get("type") != "send":
