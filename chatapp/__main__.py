@@ -6,15 +6,19 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+from typing import Any
 
 import tornado.options
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from chatapp import options as chat_options
 from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
 from chatapp.store import EventStore, StoreError, connect
+from chatapp.supervisor import run_workers
 
 log = logging.getLogger("chatapp")
 
@@ -31,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except (tornado.options.Error, ValueError, OSError) as exc:
         print(f"chatapp: {exc} (see --help)", file=sys.stderr)
         return 2
+    data_dir = os.path.abspath(opts.data_dir)
+    processes = opts.processes if opts.processes > 0 else (os.cpu_count() or 1)
     embedded = None
     uri = opts.mongo_uri
     if not uri:
         from chatapp.mongod import EmbeddedMongo, MongodNotFound
 
-        data_dir = os.path.abspath(opts.data_dir)
         try:
             embedded = EmbeddedMongo(data_dir)
             uri = embedded.start()
@@ -45,15 +50,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
     try:
-        return asyncio.run(serve(opts, uri))
+        # Bound (and the secret read) once, before any fork: every worker shares them.
+        sockets = bind_sockets(opts.port, opts.address)
+        cookie_secret = load_cookie_secret(data_dir)
+        log.info("chatapp listening on http://%s:%d/ (%d process%s%s)", opts.address, opts.port,
+                 processes, "" if processes == 1 else "es",
+                 ", cluster mode" if processes > 1 or opts.cluster else "")
+        if processes == 1:
+            return asyncio.run(serve(opts, uri, sockets, cookie_secret, cluster=opts.cluster))
+        return run_workers(processes, lambda index: asyncio.run(
+            serve(opts, uri, sockets, cookie_secret, cluster=True)))
+    except OSError as exc:
+        print(f"chatapp: cannot listen on {opts.address}:{opts.port}: {exc}", file=sys.stderr)
+        return 2
     finally:
         if embedded is not None:
             log.info("stopping the embedded MongoDB")
             embedded.stop()
 
 
-async def serve(opts: object, uri: str) -> int:
-    store = EventStore(connect(uri, opts.mongo_timeout))  # type: ignore[attr-defined]
+async def serve(
+    opts: Any, uri: str, sockets: list[socket.socket], cookie_secret: str, cluster: bool
+) -> int:
+    """One server process: until SIGTERM or SIGINT, then a clean shutdown."""
+    store = EventStore(connect(uri, opts.mongo_timeout))
     try:
         await store.create_indexes()
     except StoreError as exc:
@@ -62,25 +82,24 @@ async def serve(opts: object, uri: str) -> int:
     log.info("using MongoDB at %s", _redact(uri))
     chat = Chat(
         store,
-        history_size=opts.history_size,  # type: ignore[attr-defined]
-        rate_limit=opts.rate_limit,  # type: ignore[attr-defined]
-        grace_period=opts.grace_period,  # type: ignore[attr-defined]
-        unused_session_ttl=opts.unused_session_ttl,  # type: ignore[attr-defined]
-        store_timeout=opts.mongo_timeout,  # type: ignore[attr-defined]
-        max_connections_per_session=opts.max_connections_per_session,  # type: ignore[attr-defined]
-        max_connections_per_ip=opts.max_connections_per_ip,  # type: ignore[attr-defined]
+        history_size=opts.history_size,
+        rate_limit=opts.rate_limit,
+        grace_period=opts.grace_period,
+        unused_session_ttl=opts.unused_session_ttl,
+        store_timeout=opts.mongo_timeout,
+        max_connections_per_session=opts.max_connections_per_session,
+        max_connections_per_ip=opts.max_connections_per_ip,
+        cluster=cluster,
     )
     chat.start()
-    origins = tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip())  # type: ignore[attr-defined]
     app = make_app(
         chat,
-        cookie_secret=load_cookie_secret(os.path.abspath(opts.data_dir)),  # type: ignore[attr-defined]
-        poll_timeout=opts.poll_timeout,  # type: ignore[attr-defined]
-        allowed_origins=origins,
+        cookie_secret=cookie_secret,
+        poll_timeout=opts.poll_timeout,
+        allowed_origins=tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip()),
     )
     server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
-    server.listen(opts.port, opts.address)  # type: ignore[attr-defined]
-    log.info("chatapp listening on http://%s:%d/", opts.address, opts.port)  # type: ignore[attr-defined]
+    server.add_sockets(sockets)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,7 +107,7 @@ async def serve(opts: object, uri: str) -> int:
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
 
-    log.info("shutting down")
+    log.info("shutting down (pid %d)", os.getpid())
     server.stop()  # no new connections
     await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
     await server.close_all_connections()

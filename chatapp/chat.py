@@ -19,9 +19,11 @@ from typing import Any
 from chatapp import rules
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.feed import ChangeFeed
 from chatapp.limits import ConnectionLimits
 from chatapp.presence import Member, Presence
 from chatapp.ratelimit import TokenBucket
+from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sessions import Session, Sessions
 from chatapp.store import EventStore, StoreError
 from chatapp.writer import RoomWriter
@@ -35,6 +37,10 @@ HISTORY_DEFAULT, HISTORY_MAX = 50, 200
 # How often presence and session expiry are checked. Leaves are announced at most this late
 # after the grace period; 5 s is well inside what people notice.
 SWEEP_SECONDS = 5.0
+
+
+def _published_by_the_feed(events: list[dict[str, Any]]) -> None:
+    """Cluster mode: stored events are published when the change feed brings them."""
 
 
 class PollWaiter:
@@ -83,6 +89,7 @@ class Chat:
         store_timeout: float = 4.0,
         max_connections_per_session: int = 20,
         max_connections_per_ip: int = 1000,
+        cluster: bool = False,
     ) -> None:
         self.store = store
         self.history_size = history_size
@@ -92,6 +99,17 @@ class Chat:
         self.sessions = Sessions(store, unused_session_ttl)
         self.presence = Presence(grace_period)
         self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
+        # Cluster mode: several processes on one replica set are one chat. Events reach the
+        # buffers through the change feed (also this process's own), and presence is decided
+        # across processes (roster.SharedRoster).
+        self.cluster = cluster
+        self.roster: LocalRoster | SharedRoster = (
+            SharedRoster(store, grace_period) if cluster else LocalRoster(self.presence)
+        )
+        self.feed = ChangeFeed(store, self) if cluster else None
+        # Events the feed brought for rooms still loading: published once they are loaded.
+        self._held: dict[str, list[dict[str, Any]]] = {}
+        self._presence_refresh: set[str] = set()
         self._rooms: dict[str, MessageBuffer] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._writers: dict[str, RoomWriter] = {}
@@ -105,6 +123,8 @@ class Chat:
         designs ran as a cron job."""
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
+        if self.feed is not None:
+            self.feed.start()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Shut down: let queued sends be stored (up to ``timeout`` s), then tell every
@@ -113,6 +133,8 @@ class Chat:
             self._sweeper.cancel()
             self._sweeper = None
         pending = [w.idle() for w in self._writers.values()]
+        if self.feed is not None:
+            await self.feed.stop()
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         answering = []
@@ -144,27 +166,35 @@ class Chat:
                 self._loading.pop(name, None)
 
     async def _load(self, name: str) -> MessageBuffer:
+        # What the feed brings meanwhile is held: it may be newer than what the query sees.
+        held = self._held.setdefault(name, [])
         try:
             # One more than we keep: if it exists, it is the floor (older events exist).
             events = await self.store.latest(name, self.history_size + 1)
         except StoreError as exc:
             log.warning("loading room %s failed: %s", name, exc)
             raise store_unavailable() from None
+        finally:
+            self._held.pop(name, None)
         floor = ""
         if len(events) > self.history_size:
             floor = events.pop(0)["id"]
         buffer = self._rooms.setdefault(
             name, MessageBuffer(name, self.history_size, events, floor)
         )
-        buffer.set_presence(self.presence.nicks(name))
+        buffer.publish(held)  # anything already in the tail is dropped by id
+        self._presence_changed(name)
         return buffer
 
     def _writer(self, room: str) -> RoomWriter:
         writer = self._writers.get(room)
         if writer is None:
             buffer = self._rooms[room]
+            # In a cluster the feed publishes every stored event, ours included, in the order
+            # of the change stream; publishing here too could put ours ahead of an earlier one.
+            publish = _published_by_the_feed if self.cluster else buffer.publish
             writer = self._writers[room] = RoomWriter(
-                room, self.store, buffer.publish, self.store_timeout
+                room, self.store, publish, self.store_timeout
             )
         return writer
 
@@ -304,8 +334,12 @@ class Chat:
         has_more = len(events) > limit
         return (events[1:] if has_more else events), has_more
 
-    def nicks(self, room: str) -> list[str]:
-        return self.presence.nicks(room)
+    async def present(self, room: str) -> list[str]:
+        """The nicknames present in ``room``, sorted."""
+        try:
+            return await self.roster.nicks(room)
+        except StoreError:
+            raise store_unavailable() from None
 
     # -- connections and presence --------------------------------------------------------------
 
@@ -322,9 +356,20 @@ class Chat:
             self.limits.release(session.sid, address)
             raise
         if self.presence.connect(room, session.sid, session.nick, conn):
-            buffer.set_presence(self.presence.nicks(room))
-            asyncio.ensure_future(self._announce(room, "join", session))
+            self._presence_changed(room)
+            # A LocalRoster answers without suspending, so the join is queued before anything
+            # this connection can send.
+            if await self._roster_says(self.roster.join(room, session.sid, session.nick)):
+                self._announce(room, "join", session)
         return buffer
+
+    async def _roster_says(self, answer: Awaitable[bool]) -> bool:
+        try:
+            return await answer
+        except StoreError as exc:
+            # A join or leave is not worth failing a connection for; the store is down anyway.
+            log.warning("presence unavailable: %s", exc)
+            return False
 
     def disconnect(self, session: Session, room: str, conn: Any, address: str) -> None:
         """The connection closed; the session leaves after the grace period unless it returns."""
@@ -333,28 +378,87 @@ class Chat:
 
     async def end_session(self, session: Session) -> None:
         """Log out: the nickname is free at once, and the session leaves every room now."""
-        for room, member in self.presence.remove_session(session.sid):
-            self._after_leave(room)
-            for conn in list(member.connections):
-                conn.session_ended()
-            asyncio.ensure_future(self._announce(room, "leave", member))
-        self._buckets.pop(session.sid, None)
+        await self._forget_session(session.sid)
         try:
             await self.sessions.end(session.sid)
         except StoreError:
             raise store_unavailable() from None
 
-    def _after_leave(self, room: str) -> None:
+    async def _forget_session(self, sid: str) -> None:
+        for room, member in self.presence.remove_session(sid):
+            self._presence_changed(room)
+            for conn in list(member.connections):
+                conn.session_ended()
+            if await self._roster_says(self.roster.leave(room, sid)):
+                self._announce(room, "leave", member)
+        self._buckets.pop(sid, None)
+
+    def session_gone(self, sid: str) -> None:
+        """The feed saw a session end (logged out or expired, in any process of the cluster)."""
+        self.sessions.forget(sid)
+        asyncio.ensure_future(self._forget_session(sid))
+
+    def _presence_changed(self, room: str) -> None:
+        """Tell the room's WebSockets the new list of nicknames."""
+        buffer = self._rooms.get(room)
+        if buffer is None:
+            return
+        if not self.cluster:
+            buffer.set_presence(self.presence.nicks(room))
+        elif room not in self._presence_refresh:
+            # Asked of MongoDB; several changes in a burst share one query.
+            self._presence_refresh.add(room)
+            asyncio.ensure_future(self._refresh_presence(room, buffer))
+
+    async def _refresh_presence(self, room: str, buffer: MessageBuffer) -> None:
+        await asyncio.sleep(0)  # let the rest of this burst of changes arrive first
+        # From here on, a new change schedules a new refresh: none is missed.
+        self._presence_refresh.discard(room)
+        try:
+            buffer.set_presence(await self.roster.nicks(room))
+        except StoreError as exc:
+            log.warning("presence of %s unavailable: %s", room, exc)
+
+    # -- cluster mode: what the change feed brings -----------------------------------------------
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """An event stored by any process of the cluster: publish it here."""
+        room = event["room"]
         buffer = self._rooms.get(room)
         if buffer is not None:
-            buffer.set_presence(self.presence.nicks(room))
+            buffer.publish([event])
+            if event["type"] != "message":
+                self._presence_changed(room)
+        elif room in self._held:
+            self._held[room].append(event)
+
+    async def catch_up_rooms(self) -> None:
+        """Publish what each loaded room missed while the feed was not following (it is
+        (re)opening): the events after each buffer's last id."""
+        for room, buffer in list(self._rooms.items()):
+            while True:
+                events = await self.store.after(room, rules.parse_id(buffer.last_id),
+                                                MAX_UPDATES)
+                buffer.publish(events)
+                if len(events) < MAX_UPDATES:
+                    break
+            self._presence_changed(room)
 
     async def sweep(self) -> None:
         """Announce leaves past the grace period; keep live sessions alive; expire the rest."""
         for room, member in self.presence.expired():
-            self._after_leave(room)
-            await self._announce(room, "leave", member)
+            self._presence_changed(room)
+            if await self._roster_says(self.roster.leave(room, member.sid)):
+                self._announce(room, "leave", member)
+        for room, sid, nick in await self.roster.orphans():
+            # Left in a process that died: announced by whichever process noticed first.
+            await self.room(room)
+            self._announce(room, "leave", Member(sid, nick))
         now_wall, now_mono = time.time(), time.monotonic()
+        await self.roster.renew({
+            key: now_wall - (now_mono - seen)
+            for key, seen in self.presence.last_seen_in_rooms().items()
+        })
         last_seen = {
             sid: now_wall - (now_mono - seen) + self.grace_period
             for sid, seen in self.presence.last_seen().items()

@@ -31,6 +31,12 @@ define("max_connections_per_session", default=20, type=int,
 define("max_connections_per_ip", default=1000, type=int,
        help="open WebSockets and long-polls one client address may hold (a whole office "
             "behind one NAT counts once); 0: no cap")
+define("processes", default=1, type=int,
+       help="server processes sharing the port; 0 means one per core. More than one implies "
+            "--cluster")
+define("cluster", default=False, type=bool,
+       help="deliver through MongoDB change streams, so that several processes or machines "
+            "on one replica set are one chat")
 define("mongo_timeout", default=4.0, type=float,
        help="seconds a MongoDB operation may take before a send fails with store_unavailable")
 

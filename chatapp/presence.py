@@ -73,6 +73,15 @@ class Presence:
         # Sorted as people read a list: "an" before "Bo", whatever the case.
         return sorted((m.nick for m in self._rooms.get(room, {}).values()), key=nick_key)
 
+    def last_seen_in_rooms(self) -> dict[tuple[str, str], float]:
+        """(room, sid) -> when the member was last connected here: now if it is."""
+        now = time.monotonic()
+        return {
+            (room, sid): now if member.connections else member.gone_since
+            for room, members in self._rooms.items()
+            for sid, member in members.items()
+        }
+
     def last_seen(self) -> dict[str, float]:
         """For each session with a member record: now if connected, else when it went away.
 

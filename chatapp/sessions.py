@@ -63,6 +63,10 @@ class Sessions:
         self._cache.pop(sid, None)
         await self.store.delete_session(sid)
 
+    def forget(self, sid: str) -> None:
+        """The session ended elsewhere (another process of the cluster): stop honouring it."""
+        self._cache.pop(sid, None)
+
     async def keep_alive(self, last_seen: dict[str, float]) -> None:
         """Push each session's expiry to ``grace`` after it was last seen (wall-clock times)."""
         # Connected sessions share one expiry time, so this is one update for all of them

@@ -36,6 +36,9 @@ ASC, DESC = pymongo.ASCENDING, pymongo.DESCENDING
 
 # Store errors that a caller should report as "store unavailable" rather than as a bug.
 StoreError = PyMongoError
+# How long one wait of the change stream on the server lasts when nothing happens. It must be
+# below the client's timeoutMS (which bounds every operation, getMores included).
+MAX_AWAIT_MS = 1000
 
 
 def connect(uri: str, timeout: float) -> AsyncIOMotorClient:
@@ -81,6 +84,7 @@ class EventStore:
         self.events = db["events"]
         self.counters = db["counters"]
         self.sessions = db["sessions"]
+        self.presence = db["presence"]
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -94,18 +98,27 @@ class EventStore:
         )
         await self.sessions.create_index("nick_key", unique=True)
         await self.sessions.create_index("expires_at")
+        # Cluster presence: "who is in this room", and the sweep's "which leases ran out".
+        await self.presence.create_index([("room", ASC), ("until", ASC)])
+        await self.presence.create_index("until")
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
 
     # -- events -------------------------------------------------------------------------------
 
-    async def append(self, room: str, docs: list[dict[str, Any]]) -> list[Appended]:
+    async def append(
+        self, room: str, docs: list[dict[str, Any]], timeout: float | None = None
+    ) -> list[Appended]:
         """Store ``docs`` (events without ``seq``) in order, atomically, with fresh ids.
 
         A doc whose ``(sid, cid)`` is already stored in the room is not stored again: its
         result is the stored event with ``is_new=False``. Either every new doc is stored or
         none is (a transaction), so a failure never leaves half a batch behind.
+
+        Gives up (raises) after ``timeout`` seconds in all, retries included (default: the
+        client's ``timeoutMS``): nothing is attempted or retried after that, so a batch is
+        never stored long after its senders were told it was not.
         """
 
         async def transaction(session: Any) -> list[Appended]:
@@ -129,8 +142,24 @@ class EventStore:
                 results.get(id(d)) or Appended(found[_send_key(d)], False) for d in docs
             ]
 
-        async with await self.client.start_session() as session:
-            return await session.with_transaction(transaction)
+        # Not Motor's with_transaction: it retries a transient error (MongoDB unreachable
+        # included) for 120 s whatever the client's timeout, so a batch whose senders were
+        # told "503, nothing was stored" went on to be stored once MongoDB came back.
+        limit = timeout if timeout is not None else (self.client.options.timeout or 120.0)
+        deadline = time.monotonic() + limit
+        with pymongo.timeout(limit):
+            async with await self.client.start_session() as session:
+                while True:
+                    try:
+                        async with session.start_transaction():
+                            return await transaction(session)
+                    except PyMongoError as exc:
+                        # A write conflict on the room's counter (another writer committed
+                        # first): try again against the new counter, in the time left.
+                        if (exc.has_error_label("TransientTransactionError")
+                                and time.monotonic() < deadline):
+                            continue
+                        raise
 
     async def _find_sent(
         self, room: str, docs: list[dict[str, Any]], session: Any = None
@@ -223,6 +252,78 @@ class EventStore:
     async def delete_sessions(self, sids: list[str], now: float) -> None:
         # Re-check expiry so a session extended meanwhile (by another process) survives.
         await self.sessions.delete_many({"_id": {"$in": sids}, "expires_at": {"$lt": now}})
+
+
+    # -- cluster mode: the change stream and presence leases ------------------------------------
+
+    async def cluster_time(self) -> Any:
+        """MongoDB's current cluster time: where a change stream opened now would start."""
+        reply = await self.client.admin.command("ping")
+        return reply["operationTime"]
+
+    def watch(self, resume_after: Any = None, start_at: Any = None) -> Any:
+        """A change stream of new events and of sessions that ended (anywhere in the cluster).
+
+        Use as ``async with store.watch(...) as stream: async for change in stream``.
+        """
+        pipeline = [
+            {"$match": {"$or": [
+                {"ns.coll": self.events.name, "operationType": "insert"},
+                {"ns.coll": self.sessions.name, "operationType": "delete"},
+            ]}}
+        ]
+        return self.events.database.watch(
+            pipeline,
+            resume_after=resume_after,
+            start_at_operation_time=start_at if resume_after is None else None,
+            # Below the client's timeoutMS, so an idle stream waits instead of timing out.
+            max_await_time_ms=MAX_AWAIT_MS,
+        )
+
+    async def member_elsewhere(self, room: str, sid: str, me: str, now: float) -> bool:
+        """Whether a process other than ``me`` holds a live lease on (room, sid)."""
+        doc = await self.presence.find_one(
+            {"room": room, "sid": sid, "proc": {"$ne": me}, "until": {"$gt": now}}, {"_id": 1}
+        )
+        return doc is not None
+
+    async def hold_member(self, room: str, sid: str, nick: str, me: str, until: float) -> None:
+        await self.presence.update_one(
+            {"_id": _lease_id(room, sid, me)},
+            {"$set": {"room": room, "sid": sid, "nick": nick, "proc": me, "until": until}},
+            upsert=True,
+        )
+
+    async def release_member(self, room: str, sid: str, me: str) -> None:
+        await self.presence.delete_one({"_id": _lease_id(room, sid, me)})
+
+    async def renew_members(self, me: str, leases: dict[tuple[str, str], float]) -> None:
+        # Members connected now share one lease time: usually one update for all of them.
+        by_until: dict[float, list[str]] = {}
+        for (room, sid), until in leases.items():
+            by_until.setdefault(until, []).append(_lease_id(room, sid, me))
+        for until, ids in by_until.items():
+            await self.presence.update_many({"_id": {"$in": ids}}, {"$max": {"until": until}})
+
+    async def remove_expired_members(self, now: float) -> list[tuple[str, str, str]]:
+        """Delete run-out leases; (room, sid, nick) of each member left with no live lease,
+        for whichever caller deleted its last lease (so one process announces each leave)."""
+        gone = []
+        async for doc in self.presence.find({"until": {"$lt": now}}):
+            result = await self.presence.delete_one({"_id": doc["_id"], "until": {"$lt": now}})
+            if result.deleted_count and not await self.presence.find_one(
+                {"room": doc["room"], "sid": doc["sid"], "until": {"$gt": now}}, {"_id": 1}
+            ):
+                gone.append((doc["room"], doc["sid"], doc["nick"]))
+        return gone
+
+    async def present_nicks(self, room: str, now: float) -> list[str]:
+        return await self.presence.distinct("nick", {"room": room, "until": {"$gt": now}})
+
+
+def _lease_id(room: str, sid: str, proc: str) -> str:
+    # NUL cannot occur in a room name or a session id: the three parts stay apart.
+    return f"{room}\x00{sid}\x00{proc}"
 
 
 def _send_key(doc: dict[str, Any]) -> tuple[str, str]:

@@ -104,7 +104,7 @@ class HistoryAPI(JSONHandler):
 class PresenceAPI(JSONHandler):
     async def get(self, room: str) -> None:
         rules.check_room(room)
-        self.write_json({"nicks": self.chat.nicks(room)})
+        self.write_json({"nicks": await self.chat.present(room)})
 
 
 class HealthAPI(JSONHandler):

@@ -70,7 +70,7 @@ class RoomPage(BaseHandler):
             events=events,
             cursor=events[-1]["id"] if events else "",
             has_more=has_more,
-            nicks=self.chat.nicks(room),
+            nicks=await self.chat.present(room),
         )
 
     def write_error(self, status_code: int, **kwargs: object) -> None:

@@ -1,0 +1,99 @@
+"""Who is present in a room: the answer for one process, and for a cluster of them.
+
+``Chat`` asks its roster two questions when a session's first local connection to a room opens
+or its last one is gone for the grace period: is that a join (or a leave) of the chat as a
+whole? And it asks for the room's list of nicknames.
+
+``LocalRoster``: a single process. Its own books (``presence.Presence``) are the whole truth;
+every answer is immediate, with no round trip to MongoDB.
+
+``SharedRoster``: several processes on one replica set (cluster mode).
+
+Each process knows its own connections (``presence.Presence``). In a cluster a session may
+have a tab on one process and another tab on a second, so "the first connection" and "the
+last one gone" are questions for all processes together. This module answers them from a
+``presence`` collection holding one document per (room, session, process) with a lease:
+``until``, renewed by every sweep while the process holds the member. A process that dies
+stops renewing; once its leases run out, any other process's sweep announces the leave.
+
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+from chatapp.presence import Presence
+from chatapp.rules import nick_key
+from chatapp.store import EventStore
+
+# How long past the grace period a lease lasts: a sweep renews it every few seconds, so only a
+# process that stopped sweeping (it died) lets it run out.
+LEASE_MARGIN_SECONDS = 15.0
+
+
+def process_id() -> str:
+    """A name for this process, unique in the cluster and readable in the database."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class LocalRoster:
+    """One process: every local join is a join, every local leave a leave."""
+
+    def __init__(self, presence: Presence) -> None:
+        self.presence = presence
+
+    async def join(self, room: str, sid: str, nick: str) -> bool:
+        return True
+
+    async def leave(self, room: str, sid: str) -> bool:
+        return True
+
+    async def renew(self, last_seen: dict[tuple[str, str], float]) -> None:
+        pass
+
+    async def orphans(self) -> list[tuple[str, str, str]]:
+        return []
+
+    async def nicks(self, room: str) -> list[str]:
+        return self.presence.nicks(room)
+
+
+class SharedRoster:
+    """Several processes: membership leases in MongoDB decide joins, leaves and the list."""
+
+    def __init__(self, store: EventStore, grace: float) -> None:
+        self.store = store
+        self.grace = grace
+        self.me = process_id()
+
+    def _lease(self, last_seen: float | None = None) -> float:
+        return (last_seen or time.time()) + self.grace + LEASE_MARGIN_SECONDS
+
+    async def join(self, room: str, sid: str, nick: str) -> bool:
+        """This process holds the member now; True if no other process did (a real join)."""
+        others = await self.store.member_elsewhere(room, sid, self.me, time.time())
+        await self.store.hold_member(room, sid, nick, self.me, self._lease())
+        return not others
+
+    async def leave(self, room: str, sid: str) -> bool:
+        """This process no longer holds the member; True if no other process does (a leave)."""
+        await self.store.release_member(room, sid, self.me)
+        return not await self.store.member_elsewhere(room, sid, self.me, time.time())
+
+    async def renew(self, last_seen: dict[tuple[str, str], float]) -> None:
+        """Renew this process's leases: ``last_seen`` maps (room, sid) to when it was last
+        connected here (now, for an open connection)."""
+        await self.store.renew_members(
+            self.me, {key: self._lease(seen) for key, seen in last_seen.items()}
+        )
+
+    async def orphans(self) -> list[tuple[str, str, str]]:
+        """Members whose every lease ran out (their process died): (room, sid, nick) for each
+        this call removed, so that exactly one process announces each leave."""
+        return await self.store.remove_expired_members(time.time())
+
+    async def nicks(self, room: str) -> list[str]:
+        return sorted(await self.store.present_nicks(room, time.time()), key=nick_key)

@@ -1,0 +1,74 @@
+"""``--processes=N``: N worker processes serving one listening socket, kept running.
+
+The parent binds the socket, forks the workers and then only watches them: a worker that
+dies is replaced (its clients reconnect to the others meanwhile and resume from their
+cursors); SIGTERM or SIGINT to the parent is passed on to every worker, and the parent
+returns once they have all shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+import traceback
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+# A worker that dies is replaced after this pause, so a worker that cannot start (a bad
+# config, MongoDB unreachable) costs a log line a second rather than a busy loop.
+RESTART_DELAY_SECONDS = 1.0
+
+
+def run_workers(count: int, serve: Callable[[int], int]) -> int:
+    """Fork ``count`` workers, each running ``serve(index)``; return when all have stopped."""
+    workers: dict[int, int] = {}  # pid -> index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            random.seed()  # forked workers would otherwise share one random sequence
+            code = 1
+            try:
+                code = serve(index)
+            except BaseException:  # noqa: BLE001 -- a worker reports every death, then exits
+                traceback.print_exc()
+            finally:
+                # _exit: no atexit or finalizers of the parent's objects (the embedded
+                # mongod's among them) may run in a worker.
+                os._exit(code)
+        workers[pid] = index
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    for index in range(count):
+        spawn(index)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = workers.pop(pid, None)
+        if index is None or stopping:
+            continue
+        log.warning("worker %d (pid %d) died (status %d); starting another", index, pid, status)
+        time.sleep(RESTART_DELAY_SECONDS)
+        if not stopping:
+            spawn(index)
+    return 0
