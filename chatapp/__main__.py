@@ -91,7 +91,7 @@ async def serve(
         max_connections_per_ip=opts.max_connections_per_ip,
         cluster=cluster,
     )
-    chat.start()
+    await chat.start()
     app = make_app(
         chat,
         cookie_secret=cookie_secret,

@@ -46,13 +46,20 @@ def _published_by_the_feed(events: list[dict[str, Any]]) -> None:
 class PollWaiter:
     """A parked long-poll: finishes with the first batch of events published after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, cursor: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._future: asyncio.Future = loop.create_future()
         # Resolved once ``Chat.poll`` has returned: the handler has written its answer then.
         self.answered: asyncio.Future = loop.create_future()
+        self.cursor = cursor or ""
 
     def wake(self, entries: list[Entry]) -> None:
+        if entries and entries[0].id <= self.cursor:
+            # Cluster: a cursor from another process can be ahead of this one's buffer (its
+            # feed lags); what the feed brings up to the cursor, the client already has.
+            entries = [e for e in entries if e.id > self.cursor]
+            if not entries:
+                return
         if not self._future.done():
             self._future.set_result(entries)
 
@@ -104,7 +111,8 @@ class Chat:
         # across processes (roster.SharedRoster).
         self.cluster = cluster
         self.roster: LocalRoster | SharedRoster = (
-            SharedRoster(store, grace_period) if cluster else LocalRoster(self.presence)
+            SharedRoster(store, grace_period) if cluster
+            else LocalRoster(self.presence, store, grace_period)
         )
         self.feed = ChangeFeed(store, self) if cluster else None
         # Events the feed brought for rooms still loading: published once they are loaded.
@@ -118,9 +126,15 @@ class Chat:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the periodic sweep (leaves, session expiry): the cleanup that older chat
-        designs ran as a cron job."""
+    async def start(self) -> None:
+        """Restore presence from before a restart, then start the periodic sweep (leaves,
+        session expiry: the cleanup that older chat designs ran as a cron job) and, in a
+        cluster, the change feed. Call before serving."""
+        try:
+            for room in await self.roster.restore():
+                await self.room(room)  # its members' leaves will be announced there
+        except (StoreError, ChatError) as exc:
+            log.warning("presence from before the restart is lost: %s", exc)
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
         if self.feed is not None:
@@ -291,7 +305,7 @@ class Chat:
         ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
         presence while it waits. None if the client went away (``PollWaiter.cancel``, which
         ``on_park`` receives the waiter for) or the session ended meanwhile."""
-        waiter = PollWaiter()
+        waiter = PollWaiter(cursor)
         if on_park is not None:
             on_park(waiter)
         buffer = await self.connect(session, room, waiter, address)
@@ -449,6 +463,7 @@ class Chat:
         for room, member in self.presence.expired():
             self._presence_changed(room)
             if await self._roster_says(self.roster.leave(room, member.sid)):
+                await self.room(room)  # loaded already, unless its loading failed at start
                 self._announce(room, "leave", member)
         for room, sid, nick in await self.roster.orphans():
             # Left in a process that died: announced by whichever process noticed first.

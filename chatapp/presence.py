@@ -38,6 +38,14 @@ class Presence:
         member.connections.add(conn)
         return joined
 
+    def seed(self, room: str, sid: str, nick: str) -> bool:
+        """Bring back a member of a previous run, as gone since now; False if already here."""
+        members = self._rooms.setdefault(room, {})
+        if sid in members:
+            return False
+        members[sid] = Member(sid, nick, gone_since=time.monotonic())
+        return True
+
     def disconnect(self, room: str, sid: str, conn: Any) -> None:
         member = self._rooms.get(room, {}).get(sid)
         if member is not None and conn in member.connections:

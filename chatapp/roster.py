@@ -20,14 +20,19 @@ stops renewing; once its leases run out, any other process's sweep announces the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable
 
 from chatapp.presence import Presence
 from chatapp.rules import nick_key
-from chatapp.store import EventStore
+from chatapp.store import EventStore, StoreError
+
+log = logging.getLogger(__name__)
 
 # How long past the grace period a lease lasts: a sweep renews it every few seconds, so only a
 # process that stopped sweeping (it died) lets it run out.
@@ -40,29 +45,74 @@ def process_id() -> str:
 
 
 class LocalRoster:
-    """One process: every local join is a join, every local leave a leave."""
+    """One process: every local join is a join, every local leave a leave, answered at once.
 
-    def __init__(self, presence: Presence) -> None:
+    The books are also copied to MongoDB (leases, off the join path), for one reason: a
+    restart. ``restore`` brings back who was present as members gone since the restart, so a
+    page that reconnects within the grace period is no new join, and one that never comes
+    back gets its leave when the grace period ends.
+    """
+
+    def __init__(self, presence: Presence, store: EventStore, grace: float) -> None:
         self.presence = presence
+        self.store = store
+        self.grace = grace
+        self.me = process_id()
+
+    def _lease(self, last_seen: float | None = None) -> float:
+        return (last_seen or time.time()) + self.grace + LEASE_MARGIN_SECONDS
+
+    async def restore(self) -> list[str]:
+        """Seed the books with the members of the previous run; the rooms they were in."""
+        rooms = set()
+        for room, sid, nick in await self.store.all_members():
+            if self.presence.seed(room, sid, nick):
+                rooms.add(room)
+        await self.store.take_over_members(self.me, self._lease())
+        return sorted(rooms)
 
     async def join(self, room: str, sid: str, nick: str) -> bool:
+        _in_background(self.store.hold_member(room, sid, nick, self.me, self._lease()))
         return True
 
     async def leave(self, room: str, sid: str) -> bool:
+        _in_background(self.store.release_member(room, sid, self.me))
         return True
 
     async def renew(self, last_seen: dict[tuple[str, str], float]) -> None:
-        pass
+        await self.store.renew_members(
+            self.me, {key: self._lease(seen) for key, seen in last_seen.items()}
+        )
 
     async def orphans(self) -> list[tuple[str, str, str]]:
-        return []
+        return []  # no other process to outlive
 
     async def nicks(self, room: str) -> list[str]:
         return self.presence.nicks(room)
 
 
+def _in_background(write: Awaitable[None]) -> None:
+    """A copy of the books that must not delay a join: logged, never raised."""
+
+    async def run() -> None:
+        try:
+            await write
+        except StoreError as exc:
+            log.warning("could not record presence: %s", exc)
+
+    asyncio.ensure_future(run())
+
+
 class SharedRoster:
-    """Several processes: membership leases in MongoDB decide joins, leaves and the list."""
+    """Several processes: membership leases in MongoDB decide joins, leaves and the list.
+
+    A restarted process needs no ``restore``: its predecessor's leases are "another process"
+    until they run out, so returning pages are no new join, and the rest leave as orphans.
+    """
+
+    async def restore(self) -> list[str]:
+        return []
+
 
     def __init__(self, store: EventStore, grace: float) -> None:
         self.store = store

@@ -317,6 +317,20 @@ class EventStore:
                 gone.append((doc["room"], doc["sid"], doc["nick"]))
         return gone
 
+    async def all_members(self) -> list[tuple[str, str, str]]:
+        """(room, sid, nick) of every lease, live or run out (one process's restart)."""
+        rows = await self.presence.find({}, {"room": 1, "sid": 1, "nick": 1}).to_list(None)
+        return [(r["room"], r["sid"], r["nick"]) for r in rows]
+
+    async def take_over_members(self, me: str, until: float) -> None:
+        """Make every lease this process's (one process restarted: they are all its own)."""
+        rows = await self.presence.find({}).to_list(None)
+        for row in rows:
+            await self.hold_member(row["room"], row["sid"], row["nick"], me, until)
+        await self.presence.delete_many(
+            {"_id": {"$in": [r["_id"] for r in rows]}, "proc": {"$ne": me}}
+        )
+
     async def present_nicks(self, room: str, now: float) -> list[str]:
         return await self.presence.distinct("nick", {"room": room, "until": {"$gt": now}})
 

@@ -39,17 +39,17 @@ class ChatServer:
         self.server: HTTPServer | None = None
 
     async def start(self) -> ChatServer:
-        opts = dict(
-            history_size=100, rate_limit=0, grace_period=60.0, unused_session_ttl=120.0,
-            store_timeout=4.0,
-        )
+        opts = {
+            "history_size": 100, "rate_limit": 0, "grace_period": 60.0,
+            "unused_session_ttl": 120.0, "store_timeout": 4.0,
+        }
         poll_timeout = self.options.pop("poll_timeout", 25.0)
         allowed_origins = self.options.pop("allowed_origins", ())
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
         self.chat = Chat(self.store, **opts)
-        self.chat.start()
+        await self.chat.start()
         self.app = make_app(
             self.chat,
             cookie_secret="test-secret-" + self.db_name,
@@ -240,7 +240,7 @@ class Socket:
                 if frame is None:
                     return
                 assert frame["type"] != type_, f"unexpected frame {frame}"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
 
     def send(self, text: str, client_id: str) -> None:
