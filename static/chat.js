@@ -3,7 +3,7 @@
  *
  * Plain ES5 on purpose: old browsers are users too. No build step, no framework, no
  * let/const, arrow functions, template strings, classes, Promise or fetch. The test suite
- * parses this file with acorn ({ecmaVersion: 5}); keep it that way.
+ * (tests/test_es5.py) fails on anything newer than ES5 here; keep it that way.
  *
  * Everything the server or another person supplied reaches the page through textContent
  * or createTextNode, never innerHTML.
@@ -28,6 +28,7 @@
   var WS_MAX_FAILURES = 2;         // that many in a row (server reachable): use long-polling
   var WS_RETRY_INTERVAL = 60000;   // while on long-polling after a fallback, try WebSocket again
   var WS_PROBE_TIMEOUT = 15000;
+  var WS_OPEN_TIMEOUT = 10000;     // a handshake unanswered by then (a proxy that swallows it) failed
   var PRESENCE_INTERVAL = 30000;   // long-polling only; WebSocket pushes presence frames
   var HISTORY_PAGE = 50;
   var MAX_TEXT = 2000;             // characters, as the server counts them (code points)
@@ -353,6 +354,7 @@
     var retryAt = 0;
     var countdownTimer = null;
     var unloading = false;
+    var leaving = false;     // Leave was clicked: its answer, not a closed socket, says where to go
 
     /* ---- sending */
 
@@ -460,6 +462,7 @@
     }
 
     function goJoin() {
+      if (leaving) { return; }
       saveOutbox();
       shutdown();
       win.location.href = "/?room=" + encodeURIComponent(ROOM);
@@ -516,8 +519,10 @@
     // Make sock the receiving connection. alreadyOpen: a probe that has just opened.
     function adoptSocket(sock, alreadyOpen) {
       var openedAt = 0;
+      var openTimer = null;
 
       function opened() {
+        if (openTimer) { clearTimeout(openTimer); openTimer = null; }
         if (ws !== sock) { return; }
         openedAt = now();
         wsOpen = true;
@@ -541,6 +546,7 @@
       sock.onerror = function () { /* a close event follows */ };
       sock.onclose = function () {
         var quick;
+        if (openTimer) { clearTimeout(openTimer); openTimer = null; }
         if (ws !== sock) { return; }
         ws = null;
         wsOpen = false;
@@ -555,7 +561,19 @@
         }
         socketFailed();
       };
-      if (alreadyOpen) { opened(); }
+      if (alreadyOpen) {
+        opened();
+      } else {
+        // Browsers may wait minutes for a handshake nobody answers: give up sooner, as if
+        // the socket had been refused (after WS_MAX_FAILURES of those: long-polling).
+        openTimer = setTimeout(function () {
+          openTimer = null;
+          if (ws !== sock || wsOpen) { return; }
+          ws = null;
+          try { sock.close(); } catch (e) { /* ignore */ }
+          socketFailed();
+        }, WS_OPEN_TIMEOUT);
+      }
     }
 
     // Stop using a socket that looks dead (a send got no answer) without waiting for the
@@ -951,7 +969,7 @@
       setText(loadOlderBtn, "Loading\u2026");
       request("GET", API + "/history?before=" + encodeURIComponent(before) + "&limit=" + HISTORY_PAGE,
         null, 15000, function (status, data) {
-          var frag, events, i, oldHeight, oldTop, hadFocus;
+          var frag, events, i, oldHeight, oldTop, hadFocus, anchor, anchorTop;
           loadingOlder = false;
           loadOlderBtn.disabled = false;
           setText(loadOlderBtn, "Load older messages");
@@ -970,13 +988,21 @@
               frag.appendChild(renderEvent(events[i]));
             }
           }
+          // Keep what was at the top where it was: by its own position, since regrouping
+          // and the bar above can change heights too.
+          anchor = firstElement(olderList) || firstElement(log);
+          anchorTop = anchor ? anchor.getBoundingClientRect().top : 0;
           oldHeight = scroller.scrollHeight;
           oldTop = scroller.scrollTop;
           olderList.insertBefore(frag, olderList.firstChild);
           regroupAll();
-          scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight);
           hadFocus = doc.activeElement === loadOlderBtn;
           setHasMore(!!data.has_more && events.length > 0);
+          if (anchor) {
+            scroller.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
+          } else {
+            scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight);
+          }
           if (hadFocus && !hasMore) { scroller.focus(); }
         });
     }
@@ -1399,10 +1425,13 @@
       });
       on(leaveBtn, "click", function () {
         leaveBtn.disabled = true;
+        leaving = true;
         request("DELETE", "/api/session", null, 10000, function (status) {
           if (status === 0) {
+            leaving = false;
             leaveBtn.disabled = false;
             notice("Could not reach the server to leave; try again.");
+            if (!ws && !polling && !retryTimer) { connect(); }
             return;
           }
           outbox = [];
