@@ -38,7 +38,7 @@ setup(
             "pytest>=8",
             "pytest-tornado>=0.8",
             "hypothesis>=6",
-            "playwright>=1.40",
+            "playwright>=1.45",
             # tests/test_es5.py: parses static/chat.js (pure Python, no node needed).
             "esprima>=4.0.1,<5",
             "ruff",
