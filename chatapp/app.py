@@ -54,6 +54,7 @@ def make_app(
         xsrf_cookie_kwargs={"samesite": "Lax"},
         template_path=paths.template_path(),
         static_path=paths.static_path(),
+        static_handler_class=pages.StaticFiles,
         poll_timeout=poll_timeout,
         allowed_origins=allowed_origins,
         # Larger frames cannot hold a valid message; Tornado closes the socket with 1009.

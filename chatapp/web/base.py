@@ -121,7 +121,8 @@ class JSONHandler(BaseHandler):
             }
         try:
             fields = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        # RecursionError: nesting deeper than the parser allows ("[[[[..."), still not a 500.
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ChatError("bad_json", "The request body is not valid JSON.", 400) from None
         if not isinstance(fields, dict):
             raise ChatError("bad_json", "The request body must be a JSON object.", 400)

@@ -8,7 +8,7 @@ import tornado.web
 
 from chatapp import rules
 from chatapp.errors import ChatError
-from chatapp.web.base import BaseHandler
+from chatapp.web.base import BaseHandler, ChatHandlerMixin
 
 
 class JoinPage(BaseHandler):
@@ -82,6 +82,11 @@ class RoomPage(BaseHandler):
             f"<!doctype html><title>chatapp</title><p>Sorry: the chat is unavailable "
             f"({status_code}). Try again in a moment.</p>"
         )
+
+
+class StaticFiles(ChatHandlerMixin, tornado.web.StaticFileHandler):
+    """``/static/``: Tornado's static files, with the security headers too (nosniff above
+    all: a script or style must never be guessed from its content)."""
 
 
 class NotFoundPage(BaseHandler):
