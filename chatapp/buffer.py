@@ -10,6 +10,7 @@ same strings to every client instead of encoding the event again per connection.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import struct
@@ -22,6 +23,12 @@ def encode(obj: Any) -> str:
     # Compact separators: this string is written once per delivery, so every byte counts.
     # ensure_ascii=False keeps non-Latin text at its UTF-8 size instead of \uXXXX escapes.
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+# A burst of joins (a room filling up again after a restart) would otherwise send every socket
+# one ever longer list per join: O(N^2) bytes for N people. Changes within this window share
+# one frame; 50 ms is well below what a person notices in a list of names.
+PRESENCE_COALESCE_SECONDS = 0.05
 
 
 class Entry:
@@ -79,8 +86,9 @@ class Waiter(Protocol):
     def wake(self, entries: list[Entry]) -> None:
         """Called with new entries, in id order, right after they are published."""
 
-    def presence_changed(self, nicks: list[str]) -> None:
-        """Called when the room's list of present nicknames changes."""
+    def presence_changed(self, wire: bytes) -> None:
+        """Called when the room's list of present nicknames changed, with the ``presence``
+        frame ready to write (see ``MessageBuffer.presence_wire``)."""
 
     def shutdown(self) -> None:
         """The server is stopping: end the wait so the client reconnects elsewhere."""
@@ -102,6 +110,8 @@ class MessageBuffer:
         self.floor = floor
         self.waiters: set[Waiter] = set()
         self.nicks: list[str] = []
+        self._presence_wire: bytes | None = None
+        self._presence_call: asyncio.TimerHandle | None = None
 
     @property
     def last_id(self) -> str:
@@ -134,13 +144,35 @@ class MessageBuffer:
             self._ids.append(entry.id)
             new.append(entry)
         if new:
+            if self._presence_call is not None:
+                # A pending presence change goes first: it happened before these events.
+                self._presence_call.cancel()
+                self._send_presence()
             # Copy: a long-poll waiter removes itself from the set while being woken.
             for waiter in list(self.waiters):
                 waiter.wake(new)
         return new
 
     def set_presence(self, nicks: list[str]) -> None:
-        if nicks != self.nicks:
-            self.nicks = nicks
-            for waiter in list(self.waiters):
-                waiter.presence_changed(nicks)
+        """The room's new list of nicknames; WebSockets hear of it within a moment."""
+        if nicks == self.nicks:
+            return
+        self.nicks = nicks
+        self._presence_wire = None
+        if self._presence_call is None:
+            self._presence_call = asyncio.get_running_loop().call_later(
+                PRESENCE_COALESCE_SECONDS, self._send_presence
+            )
+
+    def presence_wire(self) -> bytes:
+        """The ``presence`` frame for the current list, encoded once for every socket."""
+        if self._presence_wire is None:
+            frame = encode({"type": "presence", "nicks": self.nicks})
+            self._presence_wire = websocket_text_frame(frame.encode())
+        return self._presence_wire
+
+    def _send_presence(self) -> None:
+        self._presence_call = None
+        wire = self.presence_wire()
+        for waiter in list(self.waiters):
+            waiter.presence_changed(wire)

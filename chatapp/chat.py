@@ -63,7 +63,7 @@ class PollWaiter:
         if not self._future.done():
             self._future.set_result(entries)
 
-    def presence_changed(self, nicks: list[str]) -> None:
+    def presence_changed(self, wire: bytes) -> None:
         pass  # long-poll clients ask for presence themselves
 
     def cancel(self) -> None:

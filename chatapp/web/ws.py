@@ -64,7 +64,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             return
         self.session, self.room, self.cursor = session, room, cursor
         self.address = self.request.remote_ip or ""
-        self.last_id = ""
+        # Cluster: a cursor from another process can be ahead of this one's buffer (its feed
+        # lags); what the feed brings up to the cursor, the client already has.
+        self.last_id = cursor or ""
         self.caught_up = False
         self.held: list[Entry] = []
         await super().get(room)
@@ -101,7 +103,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(exc)
             self.close(CLOSE_TRY_LATER, exc.code)
             return
-        self.write_frame(encode({"type": "presence", "nicks": self.buffer.nicks}))
+        self._write_wire(self.buffer.presence_wire())
 
     async def _catch_up(self) -> None:
         cursor = self.cursor
@@ -146,9 +148,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         else:
             self.held.extend(entries)
 
-    def presence_changed(self, nicks: list[str]) -> None:
+    def presence_changed(self, wire: bytes) -> None:
         if self.caught_up:
-            self.write_frame(encode({"type": "presence", "nicks": nicks}))
+            self._write_wire(wire)
 
     def shutdown(self) -> None:
         self.close(1001, "server restarting")
