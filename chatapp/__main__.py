@@ -27,6 +27,9 @@ log = logging.getLogger("chatapp")
 MAX_REQUEST_BYTES = 1024 * 1024
 # On SIGTERM, how long in-flight sends may take to be stored before the process exits anyway.
 SHUTDOWN_SECONDS = 5.0
+# Connections the kernel queues before we accept them. Tornado's default, 128, overflows when
+# thousands of clients reconnect at once (after a restart); the kernel caps it at somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
     try:
         # Bound (and the secret read) once, before any fork: every worker shares them.
-        sockets = bind_sockets(opts.port, opts.address)
+        sockets = bind_sockets(opts.port, opts.address, backlog=LISTEN_BACKLOG)
         cookie_secret = load_cookie_secret(data_dir)
         log.info("chatapp listening on http://%s:%d/ (%d process%s%s)", opts.address, opts.port,
                  processes, "" if processes == 1 else "es",

@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import json
 import struct
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -109,6 +110,8 @@ class MessageBuffer:
         self._ids: deque[str] = deque((e.id for e in self.entries), maxlen=size)
         self.floor = floor
         self.waiters: set[Waiter] = set()
+        # When someone last asked for this room (see Chat.evict_idle_rooms).
+        self.touched = time.monotonic()
         self.nicks: list[str] = []
         self._presence_wire: bytes | None = None
         self._presence_call: asyncio.TimerHandle | None = None

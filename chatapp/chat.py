@@ -37,6 +37,10 @@ HISTORY_DEFAULT, HISTORY_MAX = 50, 200
 # How often presence and session expiry are checked. Leaves are announced at most this late
 # after the grace period; 5 s is well inside what people notice.
 SWEEP_SECONDS = 5.0
+# A room nobody has asked for in this long, with nobody connected, is dropped from memory;
+# its next visitor loads it again from MongoDB (one query). Without this, every room ever
+# opened would keep its buffer until the process ends.
+ROOM_IDLE_SECONDS = 600.0
 
 
 def _published_by_the_feed(events: list[dict[str, Any]]) -> None:
@@ -168,6 +172,7 @@ class Chat:
         """The room's buffer, loading its latest events from the store on first use."""
         buffer = self._rooms.get(name)
         if buffer is not None:
+            buffer.touched = time.monotonic()
             return buffer
         rules.check_room(name)
         loading = self._loading.get(name)
@@ -483,6 +488,21 @@ class Chat:
         for sid, bucket in list(self._buckets.items()):
             if bucket.is_full():
                 del self._buckets[sid]
+        self.evict_idle_rooms()
+
+    def evict_idle_rooms(self, idle_for: float = ROOM_IDLE_SECONDS) -> list[str]:
+        """Drop rooms nobody uses from memory; their names."""
+        cutoff = time.monotonic() - idle_for
+        evicted = []
+        for name, buffer in list(self._rooms.items()):
+            writer = self._writers.get(name)
+            if (buffer.waiters or buffer.touched > cutoff or self.presence.has_members(name)
+                    or (writer is not None and writer.busy)):
+                continue
+            del self._rooms[name]
+            self._writers.pop(name, None)
+            evicted.append(name)
+        return evicted
 
     async def _sweep_forever(self) -> None:
         # A short grace period (tests, demos) needs a sweep at least as often.

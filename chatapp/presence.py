@@ -77,6 +77,9 @@ class Presence:
                 del self._rooms[room]
         return left
 
+    def has_members(self, room: str) -> bool:
+        return room in self._rooms
+
     def nicks(self, room: str) -> list[str]:
         # Sorted as people read a list: "an" before "Bo", whatever the case.
         return sorted((m.nick for m in self._rooms.get(room, {}).values()), key=nick_key)

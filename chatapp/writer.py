@@ -93,6 +93,10 @@ class RoomWriter:
             raise store_unavailable()
         return result
 
+    @property
+    def busy(self) -> bool:
+        return self._task is not None or bool(self._queue)
+
     def idle(self) -> asyncio.Future:
         """Resolves once everything queued so far has been stored (or failed)."""
         if self._task is None:

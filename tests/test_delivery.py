@@ -885,3 +885,23 @@ async def test_a_long_poll_closed_by_its_client_leaves_the_waiter_list_at_once(s
     # The other poll is still parked, and still served.
     event = await post(carol, "still served")
     assert await staying == ([event], event["id"])
+
+
+# -- memory: idle rooms ---------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_idle_room_leaves_memory_and_comes_back_intact(servers):
+    srv = await servers.start()
+    alice = await user(srv, "alice")
+    sent = [await post(alice, f"m{i}", "quiet") for i in range(3)]
+    busy, _, _ = await open_ws(alice)  # someone stays in ROOM
+
+    evicted = srv.chat.evict_idle_rooms(idle_for=0)
+    assert evicted == ["quiet"]  # not ROOM: it has a connection
+    # The next visitor finds it as it was; new ids continue after the old ones.
+    events, _ = await poll(alice, "", room="quiet")
+    assert messages(events) == sent
+    later = await post(alice, "after", "quiet")
+    assert later["id"] > sent[-1]["id"]
+    busy.close()

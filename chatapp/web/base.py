@@ -103,6 +103,11 @@ class JSONHandler(BaseHandler):
         if length is not None and length.isdigit() and int(length) > rules.MAX_BODY_BYTES:
             raise ChatError("too_large", "The request body is larger than 64 KiB.", 413)
 
+    def compute_etag(self) -> None:
+        # API answers are no-store and change with every event: hashing each one (every
+        # long-poll answer included) for an ETag would be work no client can use.
+        return None
+
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
