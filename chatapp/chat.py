@@ -82,10 +82,13 @@ class PollWaiter:
         self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
 
     async def wait(self, timeout: float) -> list[Entry] | None:
+        # One timer that answers "nothing new": cheaper than wait_for + shield, which wrap
+        # every parked poll in two more futures and a task.
+        timer = asyncio.get_running_loop().call_later(timeout, self.wake, [])
         try:
-            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
-        except TimeoutError:
-            return []
+            return await self._future
+        finally:
+            timer.cancel()
 
 
 class Chat:
@@ -143,6 +146,15 @@ class Chat:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
         if self.feed is not None:
             self.feed.start()
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) until what every room has queued is stored or failed.
+
+        Shutdown calls it again once the connections are closed, before closing the store:
+        a send that came in meanwhile was otherwise cut off in flight."""
+        pending = [w.idle() for w in self._writers.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Shut down: let queued sends be stored (up to ``timeout`` s), then tell every
