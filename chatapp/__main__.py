@@ -114,6 +114,7 @@ async def serve(
     server.stop()  # no new connections
     await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
     await server.close_all_connections()
+    await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
     store.client.close()
     return 0
 

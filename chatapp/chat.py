@@ -225,7 +225,8 @@ class Chat:
             # of the change stream; publishing here too could put ours ahead of an earlier one.
             publish = _published_by_the_feed if self.cluster else buffer.publish
             writer = self._writers[room] = RoomWriter(
-                room, self.store, publish, self.store_timeout
+                room, self.store, publish, self.store_timeout,
+                last_published=None if self.cluster else (lambda: buffer.last_id),
             )
         return writer
 

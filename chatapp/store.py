@@ -19,6 +19,7 @@ against the new counter: a committed event never has a smaller id than one commi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -150,13 +151,22 @@ class EventStore:
         with pymongo.timeout(limit):
             async with await self.client.start_session() as session:
                 while True:
+                    session.start_transaction()
                     try:
-                        async with session.start_transaction():
-                            return await transaction(session)
-                    except PyMongoError as exc:
+                        results = await transaction(session)
+                        await session.commit_transaction()
+                        return results
+                    except BaseException as exc:
+                        if session.in_transaction:
+                            # Not Motor's `async with`: its abort, failing too (the client
+                            # closed at shutdown), replaced the error, a cancellation included,
+                            # and the writer then retried forever: the process never exited.
+                            with contextlib.suppress(PyMongoError):
+                                await session.abort_transaction()
                         # A write conflict on the room's counter (another writer committed
                         # first): try again against the new counter, in the time left.
-                        if (exc.has_error_label("TransientTransactionError")
+                        if (isinstance(exc, PyMongoError)
+                                and exc.has_error_label("TransientTransactionError")
                                 and time.monotonic() < deadline):
                             continue
                         raise

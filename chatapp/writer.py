@@ -5,11 +5,20 @@ published out of order. So each room has one writer, which stores a batch (every
 while the previous batch was being stored: group commit), then publishes it, then takes the
 next. Batching keeps throughput high under load; the single writer keeps the order simple.
 
-If MongoDB fails while storing a batch, the outcome is unknown (the commit may have happened
-just before the connection dropped). The writer then holds the room's queue and reads back what
-was stored before doing anything else, so that a stored event is always published, and always
-before anything stored after it. Senders waiting longer than ``timeout`` get
-``store_unavailable``; if their event had not been taken into a batch yet, it never will be.
+Every sender is answered within ``timeout`` seconds:
+
+- a send still queued when its time is up is withdrawn and answered ``store_unavailable``:
+  it will never be stored;
+- a batch is given the time its oldest sender has left. If MongoDB has not committed it by
+  then, the outcome is unknown (the commit may have happened just before the connection
+  dropped): the writer reads back what was stored before storing anything else in the room,
+  so that a stored event is always published, and before anything stored after it. Sends
+  found unstored that still have time go back to the head of the queue; the others are
+  answered ``store_unavailable``, as is any sender whose time runs out during the read-back
+  (safe to retry with the same client_id: a retry returns the event if it was stored).
+And since a room's ids have no holes (the counter and the events change in one transaction), a
+batch whose first id is not the next one reveals events committed even later than that (a
+frozen MongoDB resuming): they are read and published first.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from chatapp.errors import store_unavailable
+from chatapp.rules import parse_id
 from chatapp.store import Appended, EventStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -29,16 +39,22 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 # While MongoDB is unreachable, how often the writer tries to learn what the failed batch did.
 RESOLVE_RETRY_SECONDS = 0.5
+# An append is given its oldest sender's time left, and this much more to report back before
+# the writer stops waiting for it: a transaction is several operations, each bounded on its
+# own by the client's timeout, so the driver alone does not keep the total within the limit.
+APPEND_GRACE_SECONDS = 0.5
 
 Key = tuple[str, str]
 
 
 class _Pending:
-    __slots__ = ("doc", "future")
+    __slots__ = ("appending", "deadline", "doc", "future")
 
-    def __init__(self, doc: dict[str, Any], future: asyncio.Future) -> None:
+    def __init__(self, doc: dict[str, Any], future: asyncio.Future, deadline: float) -> None:
         self.doc = doc
         self.future = future
+        self.deadline = deadline  # loop time by which the sender must have its answer
+        self.appending = False  # in a batch whose (bounded) append is under way
 
 
 class RoomWriter:
@@ -48,11 +64,16 @@ class RoomWriter:
         store: EventStore,
         publish: Callable[[list[dict[str, Any]]], Any],
         timeout: float,
+        last_published: Callable[[], str] | None = None,
     ) -> None:
+        """``publish`` receives stored events in id order. ``last_published`` (the id the
+        room's buffer ends at) enables the gap check; a cluster, whose change feed publishes,
+        passes None."""
         self.room = room
         self.store = store
         self.publish = publish
         self.timeout = timeout
+        self.last_published = last_published
         self._queue: list[_Pending] = []
         # Sends queued or being stored, by (sid, client_id): a repeat while the first is still
         # in flight shares its outcome instead of racing it.
@@ -70,8 +91,9 @@ class RoomWriter:
         future = self._inflight.get(key)
         pending = None
         if future is None:
-            future = asyncio.get_running_loop().create_future()
-            pending = _Pending(doc, future)
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            pending = _Pending(doc, future, loop.time() + self.timeout)
             self._inflight[key] = future
             self._queue.append(pending)
             if self._task is None:
@@ -81,14 +103,24 @@ class RoomWriter:
     async def _outcome(
         self, key: Key, future: asyncio.Future, pending: _Pending | None
     ) -> Appended:
+        wait = self.timeout
+        if pending is not None:
+            wait = pending.deadline - asyncio.get_running_loop().time()
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            result = await asyncio.wait_for(asyncio.shield(future), wait)
         except TimeoutError:
-            if pending is not None and pending in self._queue:
-                # Not yet in a batch: withdraw it, so "nothing was stored" stays true.
-                self._queue.remove(pending)
-                self._inflight.pop(key, None)
-            raise store_unavailable() from None
+            if pending is None or not pending.appending:
+                if pending is not None and pending in self._queue:
+                    # Not yet in a batch: withdraw it, so "nothing was stored" stays true.
+                    self._queue.remove(pending)
+                    self._inflight.pop(key, None)
+                raise store_unavailable() from None
+            # In a batch whose append is bounded by this very deadline: its answer, stored or
+            # not, is a moment away; answering 503 now could deny a commit that succeeds.
+            try:
+                result = await asyncio.wait_for(asyncio.shield(future), APPEND_GRACE_SECONDS * 2)
+            except TimeoutError:
+                raise store_unavailable() from None
         if result is None:
             raise store_unavailable()
         return result
@@ -106,39 +138,93 @@ class RoomWriter:
         return asyncio.shield(self._task)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
-                results = await self._store(batch)
-                stored = [r.event for r in results if r is not None and r.is_new]
-                if stored:
-                    self.publish(stored)
-                for pending, result in zip(batch, results):
-                    self._inflight.pop((pending.doc["sid"], pending.doc["cid"]), None)
-                    if not pending.future.done():
-                        pending.future.set_result(result)
+                docs = [p.doc for p in batch]
+                # The oldest sender's time left bounds the whole batch (see the module doc).
+                time_left = min(p.deadline for p in batch) - loop.time()
+                for pending in batch:
+                    pending.appending = True
+                try:
+                    if time_left <= 0:
+                        raise TimeoutError("no time left to store this batch")
+                    results: list[Appended | None] = await asyncio.wait_for(
+                        self.store.append(self.room, docs, time_left),
+                        time_left + APPEND_GRACE_SECONDS,
+                    )
+                except (StoreError, TimeoutError) as exc:
+                    log.warning("storing %d event(s) in %s failed: %s", len(docs), self.room, exc)
+                    now = loop.time()
+                    for pending in batch:
+                        pending.appending = False
+                    # Out of time: answered now, not after the read-back (MongoDB may be gone
+                    # for long); if the commit happened after all, a retry returns the event.
+                    late = [p for p in batch if p.deadline <= now]
+                    self._answer(late, [None] * len(late))
+                    results = await self._read_back(docs)
+                    batch, results = self._retry_unstored(batch, results, loop.time())
+                await self._publish_in_order([r.event for r in results if r and r.is_new])
+                self._answer(batch, results)
         finally:
             self._task = None
 
-    async def _store(self, batch: list[_Pending]) -> list[Appended | None]:
-        docs = [p.doc for p in batch]
-        try:
-            return await self.store.append(self.room, docs)
-        except StoreError as exc:
-            log.warning("storing %d event(s) in %s failed: %s", len(docs), self.room, exc)
-        # Unknown outcome: learn it before anything later in this room can be stored.
+    def _retry_unstored(
+        self, batch: list[_Pending], results: list[Appended | None], now: float
+    ) -> tuple[list[_Pending], list[Appended | None]]:
+        """Put sends found unstored that still have time back at the head of the queue; the
+        rest of the batch, with its results, to be answered now."""
+        again = [p for p, r in zip(batch, results) if r is None and p.deadline > now]
+        if not again:
+            return batch, results
+        self._queue[:0] = again
+        retried = {id(p) for p in again}
+        kept = [(p, r) for p, r in zip(batch, results) if id(p) not in retried]
+        return [p for p, _ in kept], [r for _, r in kept]
+
+    def _answer(self, batch: list[_Pending], results: list[Appended | None]) -> None:
+        for pending, result in zip(batch, results):
+            self._inflight.pop((pending.doc["sid"], pending.doc["cid"]), None)
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _read_back(self, docs: list[dict[str, Any]]) -> list[Appended | None]:
+        """What a failed append stored after all: asked until MongoDB answers, holding the
+        room's queue meanwhile, so nothing later in the room is stored before it."""
         while True:
             try:
                 found = await self.store.find_batch(self.room, docs)
                 break
             except StoreError:
                 await asyncio.sleep(RESOLVE_RETRY_SECONDS)
-        results: list[Appended | None] = []
-        for doc in docs:
-            event = found.get((doc["sid"], doc["cid"]))
-            # Stored by the failed attempt: it is new to clients, so publish it.
-            results.append(Appended(event, True) if event else None)
         if found:
             log.info("%d event(s) in %s were stored despite the error", len(found), self.room)
-        return results
+        # Stored by the failed attempt: new to clients, so published as new.
+        return [
+            Appended(found[key], True) if key in found else None
+            for key in ((d["sid"], d["cid"]) for d in docs)
+        ]
+
+    async def _publish_in_order(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        if self.last_published is not None:
+            last = parse_id(self.last_published())
+            first = parse_id(events[0]["id"])
+            if first > last + 1:
+                events = await self._gap(last, first) + events
+        self.publish(events)
+
+    async def _gap(self, last: int, first: int) -> list[dict[str, Any]]:
+        """Events committed between ``last`` and ``first`` that were never published: a
+        commit that landed after its batch was given up on."""
+        try:
+            missed = await self.store.after(self.room, last, first - last - 1)
+        except StoreError as exc:
+            log.warning("could not read ids %d-%d of %s: %s", last + 1, first - 1, self.room, exc)
+            return []
+        log.info("publishing %d event(s) of %s committed after their batch gave up",
+                 len(missed), self.room)
+        return missed

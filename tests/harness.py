@@ -74,6 +74,7 @@ class ChatServer:
         self.server.stop()
         await self.chat.stop(timeout=5)
         await self.server.close_all_connections()
+        await self.chat.flush(timeout=5)  # sends that came in while connections were closing
         self.store.client.close()
         self.server = None
 

@@ -609,7 +609,7 @@ async def test_after_a_restart_only_people_who_do_not_return_leave(servers):
     srv = await servers.start(grace_period=1)
     alice, bob = await user(srv, "alice"), await user(srv, "bob")
     a_sock, _, _ = await open_ws(alice)
-    b_sock, _, nicks = await open_ws(bob)
+    _b_sock, _, nicks = await open_ws(bob)  # held open: bob stays connected
     assert nicks == ["alice", "bob"]
     cursor = (await post(alice, "before the restart"))["id"]
     await srv.stop()
