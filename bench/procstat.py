@@ -9,7 +9,32 @@ import time
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: with --processes=N the server is a supervisor and its
+    workers, and its CPU and memory are theirs together."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            with open(f"/proc/{pids[i]}/task/{pids[i]}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            total += _cpu_seconds(p)
+        except OSError:
+            pass  # exited meanwhile
+    return total
+
+
+def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used by ``pid`` so far (/proc/<pid>/stat utime + stime)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
@@ -20,13 +45,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS (resident now) and VmHWM (peak resident) of ``pid``, in KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":", 1)
-                out[name] = int(value.split()[0])
+    """VmRSS (resident now) and VmHWM (peak resident) of ``pid``, in KiB, summed over its
+    descendants (each one's own peak: an upper bound of the tree's peak)."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(("VmRSS:", "VmHWM:")):
+                        name, value = line.split(":", 1)
+                        out[name] += int(value.split()[0])
+        except OSError:
+            pass
     return out
 
 

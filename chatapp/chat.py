@@ -465,8 +465,10 @@ class Chat:
             self._held[room].append(event)
 
     async def catch_up_rooms(self) -> None:
-        """Publish what each loaded room missed while the feed was not following (it is
-        (re)opening): the events after each buffer's last id."""
+        """What the feed missed while it was not following (it is (re)opening): each loaded
+        room's events after its buffer's last id, and sessions that ended meanwhile."""
+        for sid in await self.sessions.ended_meanwhile():
+            await self._forget_session(sid)
         for room, buffer in list(self._rooms.items()):
             while True:
                 events = await self.store.after(room, rules.parse_id(buffer.last_id),

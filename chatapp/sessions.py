@@ -63,6 +63,17 @@ class Sessions:
         self._cache.pop(sid, None)
         await self.store.delete_session(sid)
 
+    async def ended_meanwhile(self) -> list[str]:
+        """Cached sessions that no longer exist in MongoDB (ended while this process was not
+        told: its change feed was down); forgotten, and returned."""
+        cached = list(self._cache)
+        if not cached:
+            return []
+        gone = set(cached) - await self.store.live_session_ids(cached)
+        for sid in gone:
+            self.forget(sid)
+        return sorted(gone)
+
     def forget(self, sid: str) -> None:
         """The session ended elsewhere (another process of the cluster): stop honouring it."""
         self._cache.pop(sid, None)

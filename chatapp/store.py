@@ -19,8 +19,10 @@ against the new counter: a committed event never has a smaller id than one commi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,8 @@ ASC, DESC = pymongo.ASCENDING, pymongo.DESCENDING
 
 # Store errors that a caller should report as "store unavailable" rather than as a bug.
 StoreError = PyMongoError
+# After a write conflict on a room's counter, a retry waits up to this long (at random).
+CONFLICT_BACKOFF_SECONDS = 0.02
 # How long one wait of the change stream on the server lasts when nothing happens. It must be
 # below the client's timeoutMS (which bounds every operation, getMores included).
 MAX_AWAIT_MS = 1000
@@ -168,6 +172,10 @@ class EventStore:
                         if (isinstance(exc, PyMongoError)
                                 and exc.has_error_label("TransientTransactionError")
                                 and time.monotonic() < deadline):
+                            # A short random pause: writers colliding on one counter would
+                            # otherwise collide again at once, and spin while a dead
+                            # process's transaction still holds it.
+                            await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS))
                             continue
                         raise
 
@@ -241,6 +249,11 @@ class EventStore:
         except DuplicateKeyError:
             return False
         return True
+
+    async def live_session_ids(self, sids: list[str]) -> set[str]:
+        """Which of ``sids`` are still stored (not logged out or expired)."""
+        rows = await self.sessions.find({"_id": {"$in": sids}}, {"_id": 1}).to_list(None)
+        return {r["_id"] for r in rows}
 
     async def get_session(self, sid: str) -> dict[str, Any] | None:
         doc = await self.sessions.find_one({"_id": sid, "expires_at": {"$gte": time.time()}})
