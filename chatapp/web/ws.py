@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tornado.websocket
-from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
 
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
@@ -85,6 +85,10 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         return urlparse(origin).netloc.lower() == self.request.host.lower()
 
     async def open(self, room: str) -> None:
+        # Every write is whole frames, meant to leave now. With Nagle's algorithm on (Tornado
+        # turns TCP_NODELAY off again after the handshake), a sender's ack, written right
+        # after its own message's event frame, waited for the client's delayed ACK: 40 ms.
+        self.set_nodelay(True)
         self.ws_connection.stream.max_write_buffer_size = MAX_PENDING_OUTPUT  # type: ignore
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
@@ -130,14 +134,14 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
                 size += len(fresh[end].wire)
                 end += 1
             self.last_id = fresh[end - 1].id
-            flushed = self._write_wire(b"".join(e.wire for e in fresh[start:end]))
-            start = end
-            if flushed is None:
+            if not self._write_wire(b"".join(e.wire for e in fresh[start:end])):
                 return  # closed
+            start = end
             if start < len(fresh):
                 try:
-                    await flushed  # the client has taken everything written so far
-                except StreamClosedError:
+                    # Resolves once the client has taken everything written before it.
+                    await self.ws_connection.stream.write(b"")  # type: ignore[union-attr]
+                except (StreamClosedError, AttributeError):
                     return  # it went away: on_close cleans up
 
     # -- the waiter side: called by MessageBuffer -------------------------------------------
@@ -178,23 +182,37 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         """Send one JSON text message (acks, errors, presence: the per-socket frames)."""
         self._write_wire(websocket_text_frame(frame.encode()))
 
-    def _write_wire(self, data: bytes) -> asyncio.Future | None:
-        """Queue ``data``; resolves once the client's socket has taken it. None if the
-        connection is closing or was just closed for being too slow."""
-        # Complete frames go straight to the connection's stream: Tornado's write_message
-        # would encode and frame the same bytes again, and start a task, for every socket.
-        # This is sound because the server never negotiates compression (no
-        # get_compression_options), so a frame's bytes are the same for every client.
+    def _write_wire(self, data: bytes) -> bool:
+        """Send ``data`` (complete frames) to the client; False if the connection is closing
+        or was just closed for being too slow.
+
+        Complete frames go straight to the connection: Tornado's write_message would encode
+        and frame the same bytes again, and start a task, for every socket. This is sound
+        because the server never negotiates compression (no get_compression_options), so a
+        frame's bytes are the same for every client.
+        """
         conn = self.ws_connection
         if conn is None or conn.is_closing():
-            return None
+            return False
         stream = conn.stream  # type: ignore[attr-defined]
+        if not stream.writing() and not isinstance(stream, SSLIOStream):
+            # Nothing queued before it: hand it to the socket now. A frame almost always goes
+            # out whole in one send(), without the Future and callback IOStream.write makes
+            # per call: at one message per batch, that was most of the cost of a delivery.
+            try:
+                sent = stream.socket.send(data)
+            except OSError:
+                sent = 0  # full, or broken: IOStream.write below finds out and reports
+            if sent == len(data):
+                return True
+            data = data[sent:]
         try:
             # The cap is on what the client has not taken yet, checked before each write; not
             # on what comes, since one published batch (up to 500 long messages) may alone be
             # larger than the cap and a client that keeps up must still get it.
             stream.max_write_buffer_size = MAX_PENDING_OUTPUT + len(data)
-            return stream.write(data)
+            stream.write(data)
+            return True
         except StreamBufferFullError:
             log.info("closing a WebSocket that stopped reading (%s)", self.session.nick)
             try:
@@ -204,7 +222,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
                 self.ws_connection.stream.close()  # type: ignore[union-attr]
         except (tornado.websocket.WebSocketClosedError, StreamClosedError):
             pass
-        return None
+        return False
 
     # -- the client side ----------------------------------------------------------------------
 
