@@ -20,7 +20,6 @@ import os
 import signal
 import statistics
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,26 @@ from chatapp.chat import PollWaiter
 from chatapp.mongod import EmbeddedMongo
 from tests.harness import WAIT_SECONDS, ChatServer, Client, ServerFactory, Socket
 from tests.procs import AppProcess
-
-ROOM = "lobby"
-
+from tests.steps import (
+    ROOM,
+    assert_increasing,
+    events_until,
+    eventually,
+    frames_until,
+    history,
+    messages,
+    new_cid,
+    open_ws,
+    poll,
+    poll_until,
+    post,
+    process_alive,
+    texts,
+    unique,
+    user,
+)
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def new_cid() -> str:
-    return uuid.uuid4().hex
 
 
 async def cluster(servers: ServerFactory, count: int, **options: Any) -> list[ChatServer]:
@@ -56,69 +62,12 @@ async def cluster(servers: ServerFactory, count: int, **options: Any) -> list[Ch
     return started
 
 
-async def user(base: ChatServer | str, nick: str) -> Client:
-    client = await Client(base if isinstance(base, str) else base.url).join(nick)
-    client.nick = nick  # type: ignore[attr-defined]
-    return client
-
-
 def same_session(client: Client, base: ChatServer | str) -> Client:
     """The same person (same cookies) talking to another server: a second tab elsewhere."""
     other = Client(base if isinstance(base, str) else base.url)
     other.cookies = dict(client.cookies)
     other.nick = client.nick  # type: ignore[attr-defined]
     return other
-
-
-async def post(client: Client, text: str, room: str = ROOM) -> dict[str, Any]:
-    code, body = await client.send(room, text, new_cid())
-    assert code == 200, (code, body)
-    return body["event"]
-
-
-async def poll(client: Client, cursor: str | None, room: str = ROOM) -> tuple[list, str]:
-    code, body = await client.poll(room, cursor)
-    assert code == 200, (code, body)
-    return body["events"], body["cursor"]
-
-
-async def open_ws(client: Client, room: str = ROOM, cursor: str | None = None):
-    """A WebSocket, and what it is sent on opening: the backlog events and the nicks."""
-    sock = await client.ws(room, cursor)
-    events = []
-    while True:
-        frame = await sock.next()
-        if frame["type"] == "presence":
-            return sock, events, frame["nicks"]
-        if frame["type"] == "event":
-            events.append(frame["event"])
-
-
-async def events_until(sock: Socket, text: str) -> list[dict[str, Any]]:
-    """Every event the socket receives, up to and including the message ``text``."""
-    events = []
-    while not events or events[-1].get("text") != text:
-        events.append((await sock.next("event"))["event"])
-    return events
-
-
-async def poll_until(client: Client, cursor: str | None, text: str, room: str = ROOM):
-    events: list[dict[str, Any]] = []
-    while not any(e.get("text") == text for e in events):
-        batch, cursor = await poll(client, cursor, room)
-        events += batch
-    return events, cursor
-
-
-async def frames_until(sock: Socket, *wanted) -> list[dict[str, Any]]:
-    """Every frame the socket receives until each of the ``wanted`` predicates has matched
-    one (in any order)."""
-    frames: list[dict[str, Any]] = []
-    missing = list(wanted)
-    while missing:
-        frames.append(await sock.next())
-        missing = [pred for pred in missing if not pred(frames[-1])]
-    return frames
 
 
 def presence_is(nicks: list[str]):
@@ -137,46 +86,10 @@ async def wait_join(sock: Socket, nick: str) -> None:
             return
 
 
-async def history(client: Client, room: str = ROOM) -> list[dict[str, Any]]:
-    """The room's whole history, oldest first, page by page."""
-    events: list[dict[str, Any]] = []
-    before = ""
-    for _ in range(1000):
-        query = f"?limit=200&before={before}" if before else "?limit=200"
-        code, page = await client.get_json(f"/api/rooms/{room}/history{query}")
-        assert code == 200, page
-        events[:0] = page["events"]
-        if not page["has_more"]:
-            return events
-        before = page["events"][0]["id"]
-    raise AssertionError("history never ended")
-
-
 async def presence(client: Client, room: str = ROOM) -> list[str]:
     code, body = await client.get_json(f"/api/rooms/{room}/presence")
     assert code == 200, body
     return body["nicks"]
-
-
-def messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == "message"]
-
-
-def texts(events: list[dict[str, Any]]) -> list[str]:
-    return [e["text"] for e in messages(events)]
-
-
-def assert_increasing(events: list[dict[str, Any]]) -> None:
-    ids = [e["id"] for e in events]
-    assert all(a < b for a, b in itertools.pairwise(ids)), ids
-
-
-async def eventually(cond, what: str, timeout: float = WAIT_SECONDS) -> None:
-    """Wait, bounded in time, for something no client is told about."""
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def close_all(*clients: Client) -> None:
@@ -498,15 +411,6 @@ def children(pid: int) -> set[int]:
         except FileNotFoundError:
             pass
     return {k for k in kids if process_alive(k)}
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def worker_of(sock: Socket, workers: set[int], port: int) -> int:

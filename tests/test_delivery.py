@@ -11,19 +11,33 @@ unused-session TTL) elapse. The one look inside the server is the count of parke
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
-import uuid
 from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from chatapp.chat import PollWaiter
-from tests.harness import WAIT_SECONDS, ChatServer, Client, Socket
-
-ROOM = "lobby"
+from tests.harness import WAIT_SECONDS, Client, Socket
+from tests.steps import (
+    ROOM,
+    assert_increasing,
+    events_until,
+    eventually,
+    frames_until,
+    is_join,
+    is_message,
+    messages,
+    open_ws,
+    parked_poll,
+    parked_polls,
+    poll,
+    poll_until,
+    post,
+    start_polling,
+    texts,
+    user,
+)
 
 # Text that must arrive exactly as typed: markup, emoji (with a skin tone and a ZWJ family),
 # Vietnamese diacritics, right-to-left Arabic, newlines and tabs inside, JSON's own specials.
@@ -40,54 +54,6 @@ TEXTS = [
 # -- helpers --------------------------------------------------------------------------------
 
 
-def new_cid() -> str:
-    return uuid.uuid4().hex
-
-
-async def user(srv: ChatServer, nick: str) -> Client:
-    """A client holding a session with ``nick`` (remembered as ``client.nick``)."""
-    client = await srv.client().join(nick)
-    client.nick = nick  # type: ignore[attr-defined]
-    return client
-
-
-async def post(client: Client, text: str, room: str = ROOM) -> dict[str, Any]:
-    """Send over HTTP; the stored event."""
-    code, body = await client.send(room, text, new_cid())
-    assert code == 200, (code, body)
-    return body["event"]
-
-
-async def frames_until(sock: Socket, pred) -> list[dict[str, Any]]:
-    """Every frame the socket receives, up to and including the first one matching ``pred``."""
-    frames = []
-    while True:
-        frame = await sock.next()
-        frames.append(frame)
-        if pred(frame):
-            return frames
-
-
-def is_message(frame: dict[str, Any], text: str) -> bool:
-    return frame["type"] == "event" and frame["event"].get("text") == text
-
-
-async def events_until(sock: Socket, text: str) -> list[dict[str, Any]]:
-    """Every event the socket receives, up to and including the message ``text``."""
-    frames = await frames_until(sock, lambda f: is_message(f, text))
-    return [f["event"] for f in frames if f["type"] == "event"]
-
-
-async def open_ws(
-    client: Client, room: str = ROOM, cursor: str | None = None, origin: str | None = None
-) -> tuple[Socket, list[dict[str, Any]], list[str]]:
-    """Open a WebSocket and read what it is sent on opening: the events up to the first
-    ``presence`` frame (the backlog), and that frame's nicks."""
-    sock = await client.ws(room, cursor, origin=origin)
-    frames = await frames_until(sock, lambda f: f["type"] == "presence")
-    return sock, [f["event"] for f in frames if f["type"] == "event"], frames[-1]["nicks"]
-
-
 async def wait_joins(sock: Socket, nicks: set[str]) -> list[dict[str, Any]]:
     """Read events until every nick in ``nicks`` has joined; the events read."""
     events: list[dict[str, Any]] = []
@@ -98,73 +64,6 @@ async def wait_joins(sock: Socket, nicks: set[str]) -> list[dict[str, Any]]:
         if frame["event"]["type"] == "join":
             missing.discard(frame["event"]["nick"])
     return events
-
-
-def messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == "message"]
-
-
-def texts(events: list[dict[str, Any]]) -> list[str]:
-    return [e["text"] for e in messages(events)]
-
-
-def is_join(event: dict[str, Any], nick: str) -> bool:
-    return event["type"] == "join" and event["nick"] == nick
-
-
-async def poll(
-    client: Client, cursor: str | None = None, room: str = ROOM
-) -> tuple[list[dict[str, Any]], str]:
-    code, body = await client.poll(room, cursor)
-    assert code == 200, (code, body)
-    return body["events"], body["cursor"]
-
-
-async def poll_until(
-    client: Client, cursor: str | None, text: str, room: str = ROOM
-) -> tuple[list[dict[str, Any]], str]:
-    """Long-poll from ``cursor`` until the message ``text`` has arrived; every event
-    received, and the last cursor."""
-    events: list[dict[str, Any]] = []
-    while not any(e.get("text") == text for e in events):
-        batch, cursor = await poll(client, cursor, room)
-        events += batch
-    return events, cursor  # type: ignore[return-value]
-
-
-async def start_polling(client: Client, room: str = ROOM) -> str:
-    """Become a long-polling client of ``room``; the cursor once its own join has arrived."""
-    events, cursor = await poll(client, None, room)
-    while not any(is_join(e, client.nick) for e in events):  # type: ignore[attr-defined]
-        events, cursor = await poll(client, cursor, room)
-    return cursor
-
-
-def parked_polls(srv: ChatServer, room: str = ROOM) -> int:
-    buffer = srv.chat._rooms.get(room)
-    return 0 if buffer is None else sum(isinstance(w, PollWaiter) for w in buffer.waiters)
-
-
-async def eventually(cond, what: str, timeout: float = WAIT_SECONDS) -> None:
-    """Wait, bounded in time, for a condition no client can be told about."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-async def parked_poll(srv: ChatServer, client: Client, cursor: str, room: str = ROOM):
-    """Start a long-poll from ``cursor`` and return (as a task) once the server has parked it."""
-    before = parked_polls(srv, room)
-    task = asyncio.ensure_future(poll(client, cursor, room))
-    await eventually(lambda: parked_polls(srv, room) > before or task.done(), "a parked poll")
-    assert not task.done(), f"the poll answered at once: {task.result()}"
-    return task
-
-
-def assert_increasing(events: list[dict[str, Any]]) -> None:
-    ids = [e["id"] for e in events]
-    assert all(a < b for a, b in itertools.pairwise(ids)), ids
 
 
 # -- WebSocket to WebSocket -----------------------------------------------------------------

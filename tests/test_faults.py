@@ -28,7 +28,6 @@ import socket
 import struct
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -39,7 +38,6 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError
 
 from chatapp.buffer import Entry
-from chatapp.chat import PollWaiter
 from chatapp.errors import ChatError
 from chatapp.mongod import EmbeddedMongo
 from chatapp.store import Appended, to_event
@@ -47,8 +45,28 @@ from chatapp.web.ws import MAX_PENDING_OUTPUT, RoomSocket
 from chatapp.writer import RoomWriter
 from tests.harness import WAIT_SECONDS, ChatServer, Client, ServerFactory, Socket
 from tests.procs import AppProcess
+from tests.steps import (
+    ROOM,
+    assert_increasing,
+    events_until,
+    eventually,
+    frames_until,
+    history,
+    is_join,
+    messages,
+    open_ws_backlog,
+    parked_poll_response,
+    parked_polls,
+    poll,
+    poll_until,
+    post,
+    process_alive,
+    start_polling,
+    texts,
+    unique,
+    user,
+)
 
-ROOM = "lobby"
 STORE_TIMEOUT = 2.0
 # "Within a bounded time": a refusal while MongoDB is down may take the store timeout and
 # some slack, never the driver's 30 s default nor forever.
@@ -56,50 +74,6 @@ OUTAGE_ANSWER_LIMIT = 3 * STORE_TIMEOUT
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-async def user(base: ChatServer | AppProcess | str, nick: str) -> Client:
-    url = base if isinstance(base, str) else base.url
-    client = await Client(url).join(nick)
-    client.nick = nick  # type: ignore[attr-defined]
-    return client
-
-
-async def post(client: Client, text: str, room: str = ROOM, cid: str | None = None) -> dict:
-    code, body = await client.send(room, text, cid or uuid.uuid4().hex)
-    assert code == 200, (code, body)
-    return body["event"]
-
-
-async def frames_until(sock: Socket, pred) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = await sock.next()
-        frames.append(frame)
-        if pred(frame):
-            return frames
-
-
-def is_message(frame: dict[str, Any], text: str) -> bool:
-    return frame["type"] == "event" and frame["event"].get("text") == text
-
-
-async def events_until(sock: Socket, text: str) -> list[dict[str, Any]]:
-    frames = await frames_until(sock, lambda f: is_message(f, text))
-    return [f["event"] for f in frames if f["type"] == "event"]
-
-
-async def open_ws(
-    client: Client, room: str = ROOM, cursor: str | None = None
-) -> tuple[Socket, list[dict[str, Any]]]:
-    """Open a WebSocket; it and the events it was sent before its first ``presence`` frame."""
-    sock = await client.ws(room, cursor)
-    frames = await frames_until(sock, lambda f: f["type"] == "presence")
-    return sock, [f["event"] for f in frames if f["type"] == "event"]
 
 
 async def ws_send(sock: Socket, text: str, cid: str) -> tuple[dict, list[dict[str, Any]]]:
@@ -110,85 +84,8 @@ async def ws_send(sock: Socket, text: str, cid: str) -> tuple[dict, list[dict[st
     return frames[-1]["event"], [f["event"] for f in frames if f["type"] == "event"]
 
 
-def messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == "message"]
-
-
-def texts(events: list[dict[str, Any]]) -> list[str]:
-    return [e["text"] for e in messages(events)]
-
-
-def is_join(event: dict[str, Any], nick: str) -> bool:
-    return event["type"] == "join" and event["nick"] == nick
-
-
 def without_join_of(events: list[dict[str, Any]], nick: str) -> list[dict[str, Any]]:
     return [e for e in events if not is_join(e, nick)]
-
-
-async def poll(client: Client, cursor: str | None, room: str = ROOM) -> tuple[list, str]:
-    code, body = await client.poll(room, cursor)
-    assert code == 200, (code, body)
-    return body["events"], body["cursor"]
-
-
-async def poll_until(client: Client, cursor: str | None, text: str, room: str = ROOM):
-    events: list[dict[str, Any]] = []
-    while not any(e.get("text") == text for e in events):
-        batch, cursor = await poll(client, cursor, room)
-        events += batch
-    return events, cursor
-
-
-async def start_polling(client: Client, room: str = ROOM) -> str:
-    """Become a long-polling client of ``room``; the cursor once its own join has arrived."""
-    events, cursor = await poll(client, None, room)
-    while not any(is_join(e, client.nick) for e in events):  # type: ignore[attr-defined]
-        events, cursor = await poll(client, cursor, room)
-    return cursor
-
-
-def parked_polls(srv: ChatServer, room: str = ROOM) -> int:
-    buffer = srv.chat._rooms.get(room)
-    return 0 if buffer is None else sum(isinstance(w, PollWaiter) for w in buffer.waiters)
-
-
-async def eventually(cond, what: str, timeout: float = WAIT_SECONDS) -> float:
-    """Wait, bounded, for a condition inside the server no client is told about; how long."""
-    start = time.monotonic()
-    while not cond():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
-
-
-async def parked_poll(srv: ChatServer, client: Client, cursor: str, room: str = ROOM):
-    """A long-poll from ``cursor`` (a task), returned once the server has parked it."""
-    before = parked_polls(srv, room)
-    task = asyncio.ensure_future(client.poll(room, cursor))
-    await eventually(lambda: parked_polls(srv, room) > before or task.done(), "a parked poll")
-    assert not task.done(), f"the poll answered at once: {task.result()}"
-    return task
-
-
-async def history(client: Client, room: str = ROOM) -> list[dict[str, Any]]:
-    """Every event of the room, oldest first, page by page."""
-    events: list[dict[str, Any]] = []
-    before = ""
-    for _ in range(1000):
-        query = urlencode({"limit": 200, **({"before": before} if before else {})})
-        code, page = await client.get_json(f"/api/rooms/{room}/history?{query}")
-        assert code == 200, (code, page)
-        events[:0] = page["events"]
-        if not page["has_more"] or not page["events"]:
-            return events
-        before = page["events"][0]["id"]
-    raise AssertionError("history never ended")
-
-
-def assert_increasing(events: list[dict[str, Any]]) -> None:
-    ids = [e["id"] for e in events]
-    assert all(a < b for a, b in itertools.pairwise(ids)), ids
 
 
 async def raw_poll(port: int, client: Client, room: str, cursor: str):
@@ -201,16 +98,6 @@ async def raw_poll(port: int, client: Client, room: str, cursor: str):
     )
     await writer.drain()
     return reader, writer
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def command_line(pid: int) -> str:
@@ -289,12 +176,12 @@ async def test_mongodb_outage_refuses_sends_fast_stores_nothing_and_recovers(
 ):
     srv = await outage_servers.start(store_timeout=STORE_TIMEOUT, poll_timeout=40)
     alice, bob, carol = [await user(srv, n) for n in ("alice", "bob", "carol")]
-    a, _ = await open_ws(alice)  # a WebSocket client
+    a, _ = await open_ws_backlog(alice)  # a WebSocket client
     cursor = await start_polling(bob)  # a long-polling client
     before = await post(carol, "before")
     assert texts(await events_until(a, "before")) == ["before"]
     _, cursor = await poll_until(bob, cursor, "before")
-    waiting = await parked_poll(srv, bob, cursor)
+    waiting = await parked_poll_response(srv, bob, cursor)
 
     fault = Fault(private_mongo, kind)
     await fault.inject()
@@ -492,8 +379,8 @@ async def _kill_9_mid_stream(app: AppProcess) -> None:
     http_clients = [await user(app, unique(f"http{i}")) for i in range(2)]
     ws_clients = [await user(app, unique(f"ws{i}")) for i in range(2)]
     reader = await user(app, unique("reader"))
-    r, _ = await open_ws(reader, room)
-    sockets = [(await open_ws(c, room))[0] for c in ws_clients]
+    r, _ = await open_ws_backlog(reader, room)
+    sockets = [(await open_ws_backlog(c, room))[0] for c in ws_clients]
 
     tried: dict[str, str] = {}  # client_id -> text, every send attempted
     acked: dict[str, dict[str, Any]] = {}  # client_id -> the event acknowledged
@@ -585,7 +472,7 @@ async def _kill_9_mid_stream(app: AppProcess) -> None:
     expected = [e for e in stored if e["id"] > cursor]
     events, _ = await poll(reader, cursor, room)
     assert without_join_of(events, reader.nick) == expected  # type: ignore[attr-defined]
-    r2, backlog = await open_ws(reader, room, cursor)
+    r2, backlog = await open_ws_backlog(reader, room, cursor)
     assert without_join_of(backlog, reader.nick) == expected  # type: ignore[attr-defined]
 
     # Ids after the restart are greater than every id before it.
@@ -698,9 +585,9 @@ async def test_a_reader_that_stops_reading_is_closed_and_costs_bounded_memory(se
     sender, fast1, fast2, slow = [
         await user(srv, n) for n in ("sender", "fast1", "fast2", "slow")
     ]
-    f1, stream1 = await open_ws(fast1)  # the first one here: it sees the whole room
-    f2, _ = await open_ws(fast2)
-    s, _ = await open_ws(sender)
+    f1, stream1 = await open_ws_backlog(fast1)  # the first one here: it sees the whole room
+    f2, _ = await open_ws_backlog(fast2)
+    s, _ = await open_ws_backlog(sender)
     raw = await RawSocket.connect(srv.port, f"/api/rooms/{ROOM}/ws", slow.cookies)
     waiters = srv.chat._rooms[ROOM].waiters
     await eventually(
@@ -780,7 +667,7 @@ async def test_a_reader_that_stops_reading_is_closed_and_costs_bounded_memory(se
           f"for the fast readers {slowest_round:.2f} s")
 
     # Reconnecting with its cursor, it gets exactly what it missed, then live ones.
-    again, backlog = await open_ws(slow, cursor=cursor)
+    again, backlog = await open_ws_backlog(slow, cursor=cursor)
     assert backlog == [e for e in everything if e["id"] > cursor]
     marker = await post(sender, "marker")
     assert await again.events(1) == [marker]
@@ -793,9 +680,9 @@ async def test_a_burst_larger_than_the_output_cap_reaches_readers_that_keep_up(s
     # reads is not a slow reader, whatever the size of one delivery.
     srv = await servers.start(rate_limit=0)
     sender, reader, poller = [await user(srv, n) for n in ("sender", "reader", "poller")]
-    r, _ = await open_ws(reader)
+    r, _ = await open_ws_backlog(reader)
     cursor = await start_polling(poller)
-    s, _ = await open_ws(sender)
+    s, _ = await open_ws_backlog(sender)
     count = 600
     acks: list[dict[str, Any]] = []
 
@@ -846,9 +733,9 @@ async def test_connections_past_the_per_session_cap_are_refused_until_one_closes
     srv = await servers.start(max_connections_per_session=2)
     alice, bob = await user(srv, "alice"), await user(srv, "bob")
     cursor = await start_polling(bob)
-    b, _ = await open_ws(bob)
-    a1, _ = await open_ws(alice)
-    a2, _ = await open_ws(alice)
+    b, _ = await open_ws_backlog(bob)
+    a1, _ = await open_ws_backlog(alice)
+    a2, _ = await open_ws_backlog(alice)
 
     # A third WebSocket: the upgrade happens, then an error frame and "try again later".
     frame, code = await refused_socket(alice)
@@ -862,7 +749,7 @@ async def test_connections_past_the_per_session_cap_are_refused_until_one_closes
     # One closes: the next one is accepted, and works.
     a1.close()
     await eventually(lambda: open_connections(srv) == 2, "the closed socket released")
-    a3, _ = await open_ws(alice)
+    a3, _ = await open_ws_backlog(alice)
     a3.send("from the third", "c3")
     assert texts(await events_until(b, "from the third")) == ["from the third"]
 
@@ -871,14 +758,14 @@ async def test_connections_past_the_per_session_cap_are_refused_until_one_closes
     a3.close()
     await eventually(lambda: open_connections(srv) == 1, "the sockets released")
     _, cursor = await poll(alice, None)
-    first = await parked_poll(srv, alice, cursor)
+    first = await parked_poll_response(srv, alice, cursor)
     _, writer = await raw_poll(srv.port, alice, ROOM, cursor)
     await eventually(lambda: parked_polls(srv) == 2, "the second poll parked")
     code, body = await alice.poll(ROOM, cursor)
     assert (code, body["error"]) == (429, "too_many_connections")
     writer.close()  # the second poll's client goes away
     await eventually(lambda: parked_polls(srv) == 1, "the dropped poll released")
-    third = await parked_poll(srv, alice, cursor)
+    third = await parked_poll_response(srv, alice, cursor)
     event = await post(bob, "wake up")
     for task in (first, third):
         code, body = await task
@@ -889,8 +776,8 @@ async def test_connections_past_the_per_session_cap_are_refused_until_one_closes
 async def test_connections_past_the_per_address_cap_are_refused_until_one_closes(servers):
     srv = await servers.start(max_connections_per_ip=2)
     alice, bob, carol = [await user(srv, n) for n in ("alice", "bob", "carol")]
-    a, _ = await open_ws(alice)
-    b, _ = await open_ws(bob)
+    a, _ = await open_ws_backlog(alice)
+    b, _ = await open_ws_backlog(bob)
 
     # Another session, the same address (127.0.0.1): refused on both transports.
     frame, code = await refused_socket(carol)
@@ -900,7 +787,7 @@ async def test_connections_past_the_per_address_cap_are_refused_until_one_closes
 
     a.close()
     await eventually(lambda: open_connections(srv) == 1, "alice's socket released")
-    c, _ = await open_ws(carol)
+    c, _ = await open_ws_backlog(carol)
     c.send("in at last", "c1")
     assert texts(await events_until(b, "in at last")) == ["in at last"]
 
@@ -909,8 +796,8 @@ async def test_connections_past_the_per_address_cap_are_refused_until_one_closes
 async def test_a_websocket_flood_gets_rate_limited_frames_and_stores_only_the_burst(servers):
     srv = await servers.start(rate_limit=2)  # 2 a second, bursts of 4
     alice, bob = await user(srv, "alice"), await user(srv, "bob")
-    a, _ = await open_ws(alice)
-    b, _ = await open_ws(bob)
+    a, _ = await open_ws_backlog(alice)
+    b, _ = await open_ws_backlog(bob)
     flood = 12
     for i in range(flood):
         a.send(f"flood {i}", f"f{i}")
@@ -977,7 +864,7 @@ async def test_sigterm_closes_going_away_answers_polls_keeps_acked_and_stops_mon
 
 async def _sigterm(app: AppProcess) -> None:
     alice, bob = await user(app, "alice"), await user(app, "bob")
-    a, _ = await open_ws(alice)
+    a, _ = await open_ws_backlog(alice)
     first, _ = await ws_send(a, "acknowledged before", "m1")
     # Bob long-polls a room where nothing happens: only the shutdown can answer him.
     cursor = await start_polling(bob, "quiet")
@@ -1027,7 +914,7 @@ async def _sigterm(app: AppProcess) -> None:
     if acks:
         assert stored == [first, acks[0]["event"]]
     # Either way, a retry with the same client_id gives the one event.
-    a2, _ = await open_ws(alice)
+    a2, _ = await open_ws_backlog(alice)
     second, _ = await ws_send(a2, "sent just before", "m2")
     assert messages(await history(alice)) == [first, second]
     if acks:
@@ -1046,8 +933,8 @@ async def _sigterm(app: AppProcess) -> None:
 async def test_a_client_id_is_one_event_across_transports_and_an_app_restart(servers):
     srv = await servers.start()
     alice, watcher = await user(srv, "alice"), await user(srv, "watcher")
-    w, _ = await open_ws(watcher)
-    a, _ = await open_ws(alice)
+    w, _ = await open_ws_backlog(watcher)
+    a, _ = await open_ws_backlog(alice)
 
     # HTTP first, then the same client_id over the WebSocket; and the other way round.
     http_first = await post(alice, "http first", cid="cid-h")
@@ -1066,10 +953,10 @@ async def test_a_client_id_is_one_event_across_transports_and_an_app_restart(ser
 
     # After the restart, both transports still return the first event and store nothing.
     assert await post(alice, "http first", cid="cid-h") == http_first
-    a2, _ = await open_ws(alice)
+    a2, _ = await open_ws_backlog(alice)
     assert (await ws_send(a2, "ws first", "cid-w"))[0] == ws_first
     assert (await ws_send(a2, "http first", "cid-h"))[0] == http_first
-    w2, _ = await open_ws(watcher, cursor=marker1["id"])
+    w2, _ = await open_ws_backlog(watcher, cursor=marker1["id"])
     marker2 = await post(alice, "marker 2")
     assert messages(await events_until(w2, "marker 2")) == [marker2]
     assert messages(await history(alice)) == [http_first, ws_first, marker1, marker2]
