@@ -16,24 +16,18 @@ test shares: tests use unique room names and nicknames (``unique()``) so they ne
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.procs import AppProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -73,130 +67,17 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------ the server
 
 
-class PortTaken(RuntimeError):
-    pass
+class AppServer(AppProcess):
+    """``tests/procs.py``'s ``AppProcess`` against the test run's mongod, with FAST_OPTIONS:
+    ``restart()`` keeps the port and the data_dir."""
 
-
-class AppServer:
-    """``python -m chatapp`` in a subprocess; ``restart()`` keeps the port and the data_dir."""
+    start_seconds = 30.0
 
     def __init__(self, mongo_uri: str, data_dir: Path, **options: Any) -> None:
-        self.mongo_uri = mongo_uri
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.options = {**FAST_OPTIONS, **options}
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.exit_codes: list[int] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> AppServer:
-        """Start and wait for /healthz. A first start whose port was taken meanwhile (another
-        process got it between free_port() and the bind) tries again on another port; a
-        restart keeps its port, as a real restart does."""
-        for attempt in range(3):
-            try:
-                return self._start(timeout)
-            except PortTaken:
-                if self.exit_codes or attempt == 2:
-                    raise
-                self.port = free_port()
-        raise AssertionError("unreachable")
-
-    def _start(self, timeout: float) -> AppServer:
-        assert self.proc is None, "already running"
-        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        args = [
-            sys.executable, "-m", "chatapp",
-            f"--port={self.port}", "--address=127.0.0.1",
-            f"--mongo_uri={self.mongo_uri}", f"--data_dir={self.data_dir}",
-        ] + [f"--{name}={value}" for name, value in self.options.items()]
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(args)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                self.proc = None
-                with open(self.log_path, "rb") as log:
-                    log.seek(log_start)
-                    if b"Address already in use" in log.read():
-                        raise PortTaken(f"port {self.port} is taken")
-                raise RuntimeError(f"chatapp exited with {code} at start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                    if response.status == 200 and self.proc.poll() is None:
-                        return self
-            except (OSError, urllib.error.URLError):
-                pass  # not listening yet, or 503 while MongoDB is not reachable yet
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"chatapp not healthy after {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within 15 s; the exit code."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        self.exit_codes.append(code)
-        return code
-
-    def restart(self) -> AppServer:
-        code = self.stop()
-        assert code == 0, f"chatapp did not exit cleanly on SIGTERM ({code}):\n{self.log_tail()}"
-        return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    # -- the JSON API, as any client sees it (no session needed for these) --------------------
-
-    def get_json(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.load(response)
-
-    def history(self, room: str) -> list[dict[str, Any]]:
-        """Every event of the room, oldest first (GET .../history, page by page)."""
-        events: list[dict[str, Any]] = []
-        before = ""
-        while True:
-            query = urllib.parse.urlencode({"limit": 200, **({"before": before} if before else {})})
-            page = self.get_json(f"/api/rooms/{room}/history?{query}")
-            events[:0] = page["events"]
-            if not page["has_more"] or not page["events"]:
-                return events
-            before = page["events"][0]["id"]
-
-    def presence(self, room: str) -> list[str]:
-        return self.get_json(f"/api/rooms/{room}/presence")["nicks"]
+        super().__init__(data_dir, mongo_uri, **{**FAST_OPTIONS, **options})
 
 
 @pytest.fixture
