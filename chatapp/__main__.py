@@ -53,16 +53,25 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
     try:
-        # Bound (and the secret read) once, before any fork: every worker shares them.
-        sockets = bind_sockets(opts.port, opts.address, backlog=LISTEN_BACKLOG)
-        cookie_secret = load_cookie_secret(data_dir)
+        cookie_secret = load_cookie_secret(data_dir)  # read once, before any fork
+        if processes == 1:
+            sockets = listen(opts.port, opts.address)
+        else:
+            # Each worker binds its own SO_REUSEPORT socket, so the kernel spreads new
+            # connections evenly between them. With one shared socket, the first worker awake
+            # accepts a whole burst (Tornado accepts all that are pending). The port is
+            # checked here first, so a taken port is a clear error at start, not a worker
+            # failing again every second.
+            for probe in listen(opts.port, opts.address, reuse_port=True):
+                probe.close()
         log.info("chatapp listening on http://%s:%d/ (%d process%s%s)", opts.address, opts.port,
                  processes, "" if processes == 1 else "es",
                  ", cluster mode" if processes > 1 or opts.cluster else "")
         if processes == 1:
             return asyncio.run(serve(opts, uri, sockets, cookie_secret, cluster=opts.cluster))
-        return run_workers(processes, lambda index: asyncio.run(
-            serve(opts, uri, sockets, cookie_secret, cluster=True)))
+        return run_workers(processes, lambda index: asyncio.run(serve(
+            opts, uri, listen(opts.port, opts.address, reuse_port=True), cookie_secret,
+            cluster=True)))
     except OSError as exc:
         print(f"chatapp: cannot listen on {opts.address}:{opts.port}: {exc}", file=sys.stderr)
         return 2
@@ -117,6 +126,10 @@ async def serve(
     await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
     store.client.close()
     return 0
+
+
+def listen(port: int, address: str, reuse_port: bool = False) -> list[socket.socket]:
+    return bind_sockets(port, address, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
 def _redact(uri: str) -> str:
