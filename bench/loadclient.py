@@ -498,7 +498,10 @@ class WSReceiver(WebSocketProtocol):
                 self.tally.error(payload[:300].decode(errors="replace"))
             return
         i = payload.find(ID_MARK) + 6
-        mid = payload[i:payload.find(b'"', i)]
+        self.counted(payload[i:payload.find(b'"', i)], now)
+
+    def counted(self, mid: bytes, now: float) -> None:
+        """Book one delivered message with id ``mid``: order, counts, first and last time."""
         t = self.tally
         if mid > self.last_id:
             self.last_id = mid
@@ -539,18 +542,7 @@ class SampledWSReceiver(WSReceiver):
             if self.seen[n]:
                 t.dup_seq += 1
             self.seen[n] = 1
-        mid = event["id"].encode()
-        if mid > self.last_id:
-            self.last_id = mid
-        else:
-            t.out_of_order += 1
-        self.count += 1
-        t.deliveries += 1
-        if not t.first_t:
-            t.first_t = now
-        t.last_t = now
-        if self.count == t.target:
-            t.done += 1
+        self.counted(event["id"].encode(), now)
 
 
 class PollReceiver:

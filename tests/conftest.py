@@ -26,13 +26,11 @@ def mongod():
     if uri:
         yield uri
         return
-    with tempfile.TemporaryDirectory(prefix="chatapp-test-mongo-") as data_dir:
-        mongo = EmbeddedMongo(data_dir)
-        mongo.start()
-        try:
-            yield mongo
-        finally:
-            mongo.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="chatapp-test-mongo-") as data_dir,
+        EmbeddedMongo(data_dir) as mongo,
+    ):
+        yield mongo
 
 
 @pytest.fixture

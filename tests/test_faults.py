@@ -119,12 +119,8 @@ def mongod_pid(data_dir: str | Path) -> int:
 def private_mongo(tmp_path_factory):
     """A mongod of this module's own, which its tests stop, kill and freeze (never the
     session's shared one)."""
-    mongo = EmbeddedMongo(str(tmp_path_factory.mktemp("private-mongo")))
-    mongo.start()
-    try:
+    with EmbeddedMongo(str(tmp_path_factory.mktemp("private-mongo"))) as mongo:
         yield mongo
-    finally:
-        mongo.stop()
 
 
 @pytest.fixture
