@@ -451,13 +451,24 @@ class ResumingReader:
                 # post_surely): the next event may take that long.
                 frame = await self.sock.next("event", timeout=30)
             except AssertionError:  # closed: the process behind it died
-                assert self.reconnects < 10
-                self.reconnects += 1
-                cursor = self.events[-1]["id"] if self.events else ""
-                self.sock = await self.client.ws(self.room, cursor)
+                self.sock = await self.reconnect()
                 continue
             self.events.append(frame["event"])
         return self.events
+
+    async def reconnect(self) -> Socket:
+        """Reconnect with the cursor, retrying as the page does: a connection the kernel
+        queued on the dying worker's listening socket (SO_REUSEPORT gives each worker its
+        own) is reset when that worker's socket closes, and the next attempt lands on a
+        live one."""
+        cursor = self.events[-1]["id"] if self.events else ""
+        while True:
+            assert self.reconnects < 20, "the reader could not reconnect"
+            self.reconnects += 1
+            try:
+                return await self.client.ws(self.room, cursor)
+            except (OSError, HTTPClientError, StreamClosedError, WebSocketClosedError):
+                await asyncio.sleep(0.2)  # the page's back-off before trying again
 
 
 async def post_surely(client: Client, room: str, text: str) -> dict[str, Any]:
