@@ -12,9 +12,12 @@ every answer is immediate, with no round trip to MongoDB.
 Each process knows its own connections (``presence.Presence``). In a cluster a session may
 have a tab on one process and another tab on a second, so "the first connection" and "the
 last one gone" are questions for all processes together. This module answers them from a
-``presence`` collection holding one document per (room, session, process) with a lease:
-``until``, renewed by every sweep while the process holds the member. A process that dies
-stops renewing; once its leases run out, any other process's sweep announces the leave.
+``members`` collection holding one document per (room, session): a lease per process that has
+the member connected (renewed by every sweep while it does), and whether the room was told
+"join" or "leave" last. Each answer is one atomic update of that document, so two tabs
+opening (or closing) on two processes at the same moment make one join (or one leave). A
+process that dies stops renewing; once every lease of a member has run out, the first other
+process whose sweep notices announces the leave.
 
 """
 
@@ -72,11 +75,11 @@ class LocalRoster:
         return sorted(rooms)
 
     async def join(self, room: str, sid: str, nick: str) -> bool:
-        _in_background(self.store.hold_member(room, sid, nick, self.me, self._lease()))
+        _in_background(self.store.join_member(room, sid, nick, self.me, self._lease()))
         return True
 
     async def leave(self, room: str, sid: str) -> bool:
-        _in_background(self.store.release_member(room, sid, self.me))
+        _in_background(self.store.leave_member(room, sid, self.me, time.time()))
         return True
 
     async def renew(self, last_seen: dict[tuple[str, str], float]) -> None:
@@ -91,7 +94,7 @@ class LocalRoster:
         return self.presence.nicks(room)
 
 
-def _in_background(write: Awaitable[None]) -> None:
+def _in_background(write: Awaitable[object]) -> None:
     """A copy of the books that must not delay a join: logged, never raised."""
 
     async def run() -> None:
@@ -123,15 +126,14 @@ class SharedRoster:
         return (last_seen or time.time()) + self.grace + LEASE_MARGIN_SECONDS
 
     async def join(self, room: str, sid: str, nick: str) -> bool:
-        """This process holds the member now; True if no other process did (a real join)."""
-        others = await self.store.member_elsewhere(room, sid, self.me, time.time())
-        await self.store.hold_member(room, sid, nick, self.me, self._lease())
-        return not others
+        """This process holds the member now; True if it was not present (a real join). Of
+        several processes joining one member at once, exactly one gets True."""
+        return await self.store.join_member(room, sid, nick, self.me, self._lease())
 
     async def leave(self, room: str, sid: str) -> bool:
-        """This process no longer holds the member; True if no other process does (a leave)."""
-        await self.store.release_member(room, sid, self.me)
-        return not await self.store.member_elsewhere(room, sid, self.me, time.time())
+        """This process no longer holds the member; True if no other process does (a real
+        leave). Of several processes leaving one member at once, exactly one gets True."""
+        return await self.store.leave_member(room, sid, self.me, time.time())
 
     async def renew(self, last_seen: dict[tuple[str, str], float]) -> None:
         """Renew this process's leases: ``last_seen`` maps (room, sid) to when it was last

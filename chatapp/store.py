@@ -89,7 +89,8 @@ class EventStore:
         self.events = db["events"]
         self.counters = db["counters"]
         self.sessions = db["sessions"]
-        self.presence = db["presence"]
+        # Cluster presence: one document per (room, session), see "presence leases" below.
+        self.members = db["members"]
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -103,9 +104,9 @@ class EventStore:
         )
         await self.sessions.create_index("nick_key", unique=True)
         await self.sessions.create_index("expires_at")
-        # Cluster presence: "who is in this room", and the sweep's "which leases ran out".
-        await self.presence.create_index([("room", ASC), ("until", ASC)])
-        await self.presence.create_index("until")
+        # Cluster presence: "who is in this room", and the sweep's "whose leases all ran out".
+        await self.members.create_index([("room", ASC), ("until_max", ASC)])
+        await self.members.create_index("until_max")
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -303,64 +304,132 @@ class EventStore:
             max_await_time_ms=MAX_AWAIT_MS,
         )
 
-    async def member_elsewhere(self, room: str, sid: str, me: str, now: float) -> bool:
-        """Whether a process other than ``me`` holds a live lease on (room, sid)."""
-        doc = await self.presence.find_one(
-            {"room": room, "sid": sid, "proc": {"$ne": me}, "until": {"$gt": now}}, {"_id": 1}
-        )
-        return doc is not None
+    # Presence leases. One document per (room, session):
+    #
+    #     {_id, room, sid, nick, announced: bool, leases: [{p: process, until: time}],
+    #      until_max: the latest "until"}
+    #
+    # Each process that has the member connected holds a lease, renewed by its sweep.
+    # ``announced`` says whether the room was last told "join" (true) or "leave" (false).
+    # Every change of ``announced`` is one single-document update that also reads the
+    # leases, so it is atomic: of two processes joining (or leaving) the same member at the
+    # same moment, exactly one sees the change and announces it.
 
-    async def hold_member(self, room: str, sid: str, nick: str, me: str, until: float) -> None:
-        await self.presence.update_one(
-            {"_id": _lease_id(room, sid, me)},
-            {"$set": {"room": room, "sid": sid, "nick": nick, "proc": me, "until": until}},
-            upsert=True,
-        )
+    async def join_member(
+        self, room: str, sid: str, nick: str, me: str, until: float
+    ) -> bool:
+        """Hold a lease on (room, sid) for process ``me``; True if this call announced the
+        member (nobody had: a real join), False if it was present already."""
+        others = _leases_except(me)
+        before = await self._update_member(room, sid, [
+            {"$set": {
+                "room": {"$literal": room}, "sid": {"$literal": sid},
+                "nick": {"$literal": nick}, "announced": True,
+                "leases": {"$concatArrays": [others, [{"p": {"$literal": me}, "until": until}]]},
+            }},
+            _SET_UNTIL_MAX,
+        ], upsert=True)
+        return before is None or not before.get("announced")
 
-    async def release_member(self, room: str, sid: str, me: str) -> None:
-        await self.presence.delete_one({"_id": _lease_id(room, sid, me)})
+    async def leave_member(self, room: str, sid: str, me: str, now: float) -> bool:
+        """Drop process ``me``'s lease on (room, sid); True if this call ended the member's
+        presence (no other process holds a live lease: a real leave)."""
+        others = _leases_except(me)
+        others_live = {"$filter": {"input": others, "cond": {"$gt": ["$$this.until", now]}}}
+        before = await self._update_member(room, sid, [
+            {"$set": {
+                # Both from the document as it was: the stage sees its input, not its output.
+                "announced": {"$and": [
+                    {"$eq": ["$announced", True]}, {"$gt": [{"$size": others_live}, 0]},
+                ]},
+                "leases": others,
+            }},
+            _SET_UNTIL_MAX,
+        ], upsert=False)
+        # The update's decision, made again from what it saw (the same ``now``).
+        return bool(before and before.get("announced") and not any(
+            lease["p"] != me and lease["until"] > now for lease in before.get("leases", [])
+        ))
+
+    async def _update_member(
+        self, room: str, sid: str, pipeline: list[dict[str, Any]], upsert: bool
+    ) -> dict[str, Any] | None:
+        """Apply ``pipeline`` to the member's document; the document as it was before."""
+        for attempt in range(2):
+            try:
+                return await self.members.find_one_and_update(
+                    {"_id": _member_id(room, sid)}, pipeline, upsert=upsert,
+                    projection={"announced": 1, "leases": 1},
+                    return_document=pymongo.ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:
+                # Two upserts creating the same document at once: the loser's second attempt
+                # finds the winner's document (MongoDB usually retries this itself).
+                if attempt:
+                    raise
+        return None  # not reached
 
     async def renew_members(self, me: str, leases: dict[tuple[str, str], float]) -> None:
+        """Extend process ``me``'s leases: ``leases`` maps (room, sid) to the new end."""
         # Members connected now share one lease time: usually one update for all of them.
         by_until: dict[float, list[str]] = {}
         for (room, sid), until in leases.items():
-            by_until.setdefault(until, []).append(_lease_id(room, sid, me))
+            by_until.setdefault(until, []).append(_member_id(room, sid))
         for until, ids in by_until.items():
-            await self.presence.update_many({"_id": {"$in": ids}}, {"$max": {"until": until}})
+            await self.members.update_many(
+                {"_id": {"$in": ids}, "leases.p": me},
+                {"$max": {"leases.$.until": until, "until_max": until}},
+            )
 
     async def remove_expired_members(self, now: float) -> list[tuple[str, str, str]]:
-        """Delete run-out leases; (room, sid, nick) of each member left with no live lease,
-        for whichever caller deleted its last lease (so one process announces each leave)."""
+        """Announced members whose every lease ran out (their processes died): (room, sid,
+        nick) of each that this call marked as gone, so one process announces each leave.
+        Also forgets documents nobody holds any more."""
         gone = []
-        async for doc in self.presence.find({"until": {"$lt": now}}):
-            result = await self.presence.delete_one({"_id": doc["_id"], "until": {"$lt": now}})
-            if result.deleted_count and not await self.presence.find_one(
-                {"room": doc["room"], "sid": doc["sid"], "until": {"$gt": now}}, {"_id": 1}
-            ):
+        expired = {"announced": True, "until_max": {"$lt": now}}
+        async for doc in self.members.find(expired, {"room": 1, "sid": 1, "nick": 1}):
+            result = await self.members.update_one(
+                {"_id": doc["_id"], **expired}, {"$set": {"announced": False}}
+            )
+            if result.modified_count:
                 gone.append((doc["room"], doc["sid"], doc["nick"]))
+        await self.members.delete_many({"announced": False, "until_max": {"$lt": now}})
         return gone
 
     async def all_members(self) -> list[tuple[str, str, str]]:
-        """(room, sid, nick) of every lease, live or run out (one process's restart)."""
-        rows = await self.presence.find({}, {"room": 1, "sid": 1, "nick": 1}).to_list(None)
+        """(room, sid, nick) of every announced member, leases live or run out (one
+        process's restart)."""
+        rows = await self.members.find(
+            {"announced": True}, {"room": 1, "sid": 1, "nick": 1}
+        ).to_list(None)
         return [(r["room"], r["sid"], r["nick"]) for r in rows]
 
     async def take_over_members(self, me: str, until: float) -> None:
         """Make every lease this process's (one process restarted: they are all its own)."""
-        rows = await self.presence.find({}).to_list(None)
-        for row in rows:
-            await self.hold_member(row["room"], row["sid"], row["nick"], me, until)
-        await self.presence.delete_many(
-            {"_id": {"$in": [r["_id"] for r in rows]}, "proc": {"$ne": me}}
+        await self.members.delete_many({"announced": {"$ne": True}})
+        await self.members.update_many(
+            {}, {"$set": {"leases": [{"p": me, "until": until}], "until_max": until}}
         )
 
     async def present_nicks(self, room: str, now: float) -> list[str]:
-        return await self.presence.distinct("nick", {"room": room, "until": {"$gt": now}})
+        return await self.members.distinct("nick", {"room": room, "until_max": {"$gt": now}})
 
 
-def _lease_id(room: str, sid: str, proc: str) -> str:
-    # NUL cannot occur in a room name or a session id: the three parts stay apart.
-    return f"{room}\x00{sid}\x00{proc}"
+def _member_id(room: str, sid: str) -> str:
+    # NUL cannot occur in a room name or a session id: the two parts stay apart.
+    return f"{room}\x00{sid}"
+
+
+def _leases_except(me: str) -> dict[str, Any]:
+    """(Aggregation expression) the document's leases of processes other than ``me``."""
+    return {"$filter": {
+        "input": {"$ifNull": ["$leases", []]}, "cond": {"$ne": ["$$this.p", {"$literal": me}]},
+    }}
+
+
+# (Aggregation stage) ``until_max`` from ``leases``; 0 when there are none, so a document
+# nobody holds counts as run out.
+_SET_UNTIL_MAX = {"$set": {"until_max": {"$ifNull": [{"$max": "$leases.until"}, 0]}}}
 
 
 def _send_key(doc: dict[str, Any]) -> tuple[str, str]:

@@ -86,6 +86,20 @@ async def wait_join(sock: Socket, nick: str) -> None:
             return
 
 
+async def events_until_each(sock: Socket, kind: str, nicks: list[str]) -> list[dict[str, Any]]:
+    """Every event until there has been a ``kind`` event of each of ``nicks``. (Events of
+    several servers arrive in the room's order, but a marker message posted on one server may
+    be stored before another server's join or leave: a marker alone cannot say "all of them
+    have come".)"""
+    events: list[dict[str, Any]] = []
+    missing = set(nicks)
+    while missing:
+        events.append((await sock.next("event"))["event"])
+        if events[-1]["type"] == kind:
+            missing.discard(events[-1]["nick"])
+    return events
+
+
 async def presence(client: Client, room: str = ROOM) -> list[str]:
     code, body = await client.get_json(f"/api/rooms/{room}/presence")
     assert code == 200, body
@@ -210,6 +224,37 @@ async def test_presence_is_one_list_across_servers_with_one_join_and_one_leave(s
     for srv in (a, b):
         assert await presence(srv.client()) == ["watcher"]
     close_all(watcher, bob, carol)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_tabs_opening_and_closing_on_two_servers_at_once_join_once_and_leave_once(
+    servers
+):
+    grace = 1.0
+    a, b = await cluster(servers, 2, grace_period=grace)
+    watcher = await user(a, "watcher")
+    wsock, _, _ = await open_ws(watcher)
+    people = [await user(a, f"twin{i}") for i in range(8)]
+    # Each person opens a tab on A and one on B in the same instant: both servers ask
+    # MongoDB "is this a join?" concurrently, and only one may say yes.
+    tabs = await asyncio.gather(*(
+        open_ws(tab) for p in people for tab in (p, same_session(p, b))
+    ))
+    everyone = sorted(p.nick for p in people)
+    got = await events_until_each(wsock, "join", everyone)
+    got += await events_until(wsock, (await post(watcher, "after the joins"))["text"])
+    joins = sorted(e["nick"] for e in got if e["type"] == "join" and e["nick"] != "watcher")
+    assert joins == everyone
+    assert await presence(b.client()) == sorted(everyone + ["watcher"])
+
+    # And both tabs close together: one leave each, once the grace period is over.
+    for sock, _, _ in tabs:
+        sock.close()
+    got = await events_until_each(wsock, "leave", everyone)
+    got += await events_until(wsock, (await post(watcher, "after the leaves"))["text"])
+    assert sorted(e["nick"] for e in got if e["type"] == "leave") == everyone
+    assert [e["type"] for e in got if e["type"] not in ("leave", "message")] == []
+    close_all(watcher, *people)
 
 
 @pytest.mark.gen_test(timeout=60)
