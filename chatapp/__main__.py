@@ -101,6 +101,7 @@ async def serve(
         store_timeout=opts.mongo_timeout,
         max_connections_per_session=opts.max_connections_per_session,
         max_connections_per_ip=opts.max_connections_per_ip,
+        new_sessions_per_ip=opts.new_sessions_per_ip,
         cluster=cluster,
     )
     await chat.start()

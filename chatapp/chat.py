@@ -103,6 +103,7 @@ class Chat:
         store_timeout: float = 4.0,
         max_connections_per_session: int = 20,
         max_connections_per_ip: int = 1000,
+        new_sessions_per_ip: int = 30,
         cluster: bool = False,
     ) -> None:
         self.store = store
@@ -110,7 +111,7 @@ class Chat:
         self.rate_limit = rate_limit
         self.grace_period = grace_period
         self.store_timeout = store_timeout
-        self.sessions = Sessions(store, unused_session_ttl)
+        self.sessions = Sessions(store, unused_session_ttl, new_sessions_per_ip)
         self.presence = Presence(grace_period)
         self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
         # Cluster mode: several processes on one replica set are one chat. Events reach the

@@ -31,6 +31,9 @@ define("max_connections_per_session", default=20, type=int,
 define("max_connections_per_ip", default=1000, type=int,
        help="open WebSockets and long-polls one client address may hold (a whole office "
             "behind one NAT counts once); 0: no cap")
+define("new_sessions_per_ip", default=30, type=int,
+       help="sessions (nicknames) one client address may create per minute, all at once or "
+            "spread out; 0: no limit")
 define("processes", default=1, type=int,
        help="server processes sharing the port; 0 means one per core. More than one implies "
             "--cluster")

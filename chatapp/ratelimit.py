@@ -1,4 +1,4 @@
-"""Per-session send rate limit: a token bucket."""
+"""Token buckets: the per-session send rate limit and the per-address new-session limit."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ BURST_FACTOR = 2
 
 
 class TokenBucket:
-    """Allows ``rate`` events per second on average and ``rate * BURST_FACTOR`` at once."""
+    """Allows ``rate`` events per second on average and ``capacity`` at once (by default
+    ``rate * BURST_FACTOR``)."""
 
     __slots__ = ("capacity", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, capacity: float | None = None) -> None:
         self.rate = rate
-        self.capacity = rate * BURST_FACTOR
+        self.capacity = rate * BURST_FACTOR if capacity is None else capacity
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 

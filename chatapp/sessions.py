@@ -14,10 +14,19 @@ from dataclasses import dataclass
 
 from chatapp import rules
 from chatapp.errors import ChatError
+from chatapp.ratelimit import TokenBucket
 from chatapp.store import EventStore
 
 # A nickname lookup per request would put MongoDB on every message's path; sessions are cached
 # in memory and the cache is dropped when the session ends or expires.
+
+# The new-session limit per address is "N per minute": N at once (a class or an office
+# joining together behind one NAT), then one every 60/N seconds. A script claiming nicknames
+# to squat on them gets N, not thousands.
+SESSION_LIMIT_WINDOW_SECONDS = 60.0
+# Buckets of addresses that have not created a session for a while are full again and carry
+# no information: they are dropped whenever the table has doubled since the last clean-up.
+MIN_BUCKET_TABLE = 1024
 
 
 @dataclass(frozen=True)
@@ -27,14 +36,20 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, store: EventStore, unused_ttl: float) -> None:
+    def __init__(self, store: EventStore, unused_ttl: float, new_per_address: int = 0) -> None:
         self.store = store
         self.unused_ttl = unused_ttl
+        self.new_per_address = new_per_address
         self._cache: dict[str, Session] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._prune_at = MIN_BUCKET_TABLE
 
-    async def create(self, nick: str) -> Session:
-        """A new session holding ``nick``; ``nick_taken`` if a live session holds it."""
+    async def create(self, nick: str, address: str = "") -> Session:
+        """A new session holding ``nick``, created from ``address``: ``nick_taken`` if a live
+        session holds it, ``rate_limited`` past ``new_per_address`` sessions a minute from
+        one address. Either error creates nothing."""
         nick = rules.check_nick(nick)
+        self._take_token(address)
         sid = secrets.token_urlsafe(18)
         key = rules.nick_key(nick)
         # A session past its expiry no longer holds its nickname, even before a sweep ran. Forget
@@ -48,6 +63,24 @@ class Sessions:
         session = Session(sid, nick)
         self._cache[sid] = session
         return session
+
+    def _take_token(self, address: str) -> None:
+        if not self.new_per_address:
+            return
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self._buckets = {a: b for a, b in self._buckets.items() if not b.is_full()}
+                self._prune_at = max(MIN_BUCKET_TABLE, 2 * len(self._buckets))
+            bucket = self._buckets[address] = TokenBucket(
+                self.new_per_address / SESSION_LIMIT_WINDOW_SECONDS, self.new_per_address
+            )
+        if not bucket.take():
+            raise ChatError(
+                "rate_limited",
+                "Too many new nicknames from your address; try again in a minute.",
+                429,
+            )
 
     async def get(self, sid: str) -> Session | None:
         session = self._cache.get(sid)

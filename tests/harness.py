@@ -42,6 +42,8 @@ class ChatServer:
         opts = {
             "history_size": 100, "rate_limit": 0, "grace_period": 60.0,
             "unused_session_ttl": 120.0, "store_timeout": 4.0,
+            # Every test client comes from 127.0.0.1; the limit's own tests turn it on.
+            "new_sessions_per_ip": 0,
         }
         poll_timeout = self.options.pop("poll_timeout", 25.0)
         allowed_origins = self.options.pop("allowed_origins", ())
@@ -56,7 +58,8 @@ class ChatServer:
             poll_timeout=poll_timeout,
             allowed_origins=allowed_origins,
         )
-        self.server = HTTPServer(self.app, max_body_size=1024 * 1024)
+        # xheaders as in __main__: a test can come from another address with X-Real-IP.
+        self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=True)
         self.server.listen(self.port, "127.0.0.1")
         return self
 

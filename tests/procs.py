@@ -49,7 +49,7 @@ class AppProcess:
         self.data_dir = Path(data_dir)
         self.mongo_uri = mongo_uri
         self.port = free_port()
-        self.options = {"rate_limit": 0, **options}
+        self.options = {"rate_limit": 0, "new_sessions_per_ip": 0, **options}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []

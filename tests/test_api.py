@@ -486,6 +486,30 @@ async def test_rate_limit_is_per_session(servers):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_new_sessions_past_the_per_address_limit_are_refused_and_create_nothing(servers):
+    srv = await servers.start(new_sessions_per_ip=3)
+    squatter = srv.client()
+    codes = []
+    for n in range(4):
+        code, body = await squatter.post_json("/api/session", {"nick": f"squat{n}"})
+        codes.append(code)
+    assert codes == [200, 200, 200, 429]
+    assert_error(code, body, 429, "rate_limited")
+    # Refused means not created: the nickname is free for someone at another address, and
+    # the squatter still holds the session it had.
+    other = srv.client()
+    code, body = await other.post_json(
+        "/api/session", {"nick": "squat3"}, headers={"X-Real-IP": "203.0.113.7"}
+    )
+    assert (code, body) == (200, {"nick": "squat3"})
+    assert (await squatter.get_json("/api/session"))[1] == {"nick": "squat2"}
+    # The join form says so too, in words.
+    response = await srv.client().request("POST", "/join", form={"nick": "squat4"})
+    assert response.code == 429
+    assert "Too many new nicknames from your address" in response.body.decode()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_repeated_client_id_returns_the_first_event_and_stores_it_once(servers):
     srv = await servers.start()
     client = await user(srv, "an")

@@ -27,7 +27,7 @@ class SessionAPI(JSONHandler):
     async def post(self) -> None:
         nick = self.body_fields().get("nick")
         current = await self.current_session()
-        session = await self.chat.sessions.create(nick)
+        session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
         if current is not None:
             await self.chat.end_session(current)
         self.set_session_cookie(session)

@@ -33,7 +33,7 @@ class JoinPage(BaseHandler):
             if current is not None and rules.nick_key(current.nick) == rules.nick_key(nick.strip()):
                 session = current  # choosing the nickname you already hold
             else:
-                session = await self.chat.sessions.create(nick)
+                session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
                 if current is not None:
                     await self.chat.end_session(current)
         except ChatError as exc:
