@@ -194,8 +194,8 @@ class Environment:
         return app_dir
 
     def uncap(self, app_dir: str, env: dict[str, str]) -> list[str]:
-        """Options that lift the server's per-session and per-address connection caps, if it
-        has them: every client here comes from 127.0.0.1, with up to --per-session
+        """Options that lift the server's per-session and per-address connection caps and its
+        per-address new-session limit, if it has them: every client here comes from 127.0.0.1, with up to --per-session
         connections per session (like --rate_limit=0, a benchmark measures capacity)."""
         try:
             out = subprocess.run(
@@ -207,7 +207,8 @@ class Environment:
         # Tornado lists options with dashes and accepts either spelling.
         text = (out.stdout + out.stderr).decode(errors="replace").replace("-", "_")
         return [f"--{name}=0" for name in ("max_connections_per_session",
-                                            "max_connections_per_ip") if name in text]
+                                            "max_connections_per_ip",
+                                            "new_sessions_per_ip") if name in text]
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -1082,7 +1083,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default="",
                    help="benchmark an already running server (e.g. http://127.0.0.1:8888) "
                         "instead of starting one; start it with --rate_limit=0 "
-                        "--max_connections_per_session=0 --max_connections_per_ip=0")
+                        "--max_connections_per_session=0 --max_connections_per_ip=0 "
+                        "--new_sessions_per_ip=0")
     p.add_argument("--server-pid", type=int, default=None,
                    help="with --url: the server's pid, for its CPU and memory figures")
     p.add_argument("--room", default="", help="room to use (default: a new bench-<random>)")
