@@ -454,16 +454,20 @@ class Chat:
 
     # -- cluster mode: what the change feed brings -----------------------------------------------
 
-    def deliver(self, event: dict[str, Any]) -> None:
-        """An event stored by any process of the cluster: publish it here."""
-        room = event["room"]
-        buffer = self._rooms.get(room)
-        if buffer is not None:
-            buffer.publish([event])
-            if event["type"] != "message":
-                self._presence_changed(room)
-        elif room in self._held:
-            self._held[room].append(event)
+    def deliver(self, events: list[dict[str, Any]]) -> None:
+        """Events stored by any process of the cluster, in the change stream's order: publish
+        them here, all of a room's in one batch (one write per socket), in that order."""
+        by_room: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            by_room.setdefault(event["room"], []).append(event)
+        for room, batch in by_room.items():
+            buffer = self._rooms.get(room)
+            if buffer is not None:
+                buffer.publish(batch)
+                if any(event["type"] != "message" for event in batch):
+                    self._presence_changed(room)  # a join or leave: once for the batch
+            elif room in self._held:
+                self._held[room].extend(batch)
 
     async def catch_up_rooms(self) -> None:
         """What the feed missed while it was not following (it is (re)opening): each loaded

@@ -39,6 +39,7 @@ from tests.steps import (
     eventually,
     frames_until,
     history,
+    is_join,
     messages,
     new_cid,
     open_ws,
@@ -328,6 +329,50 @@ async def test_a_client_moving_to_a_server_whose_feed_lags_gets_nothing_twice(se
     assert texts(polled) == ["after B caught up"]
     assert texts(await events_until(ws, "after B caught up")) == ["after B caught up"]
     close_all(sender, reader, reader_b)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_changes_waiting_in_the_stream_are_published_at_once_per_room_in_order(servers):
+    """B's feed is paused while two rooms get messages on A. When it reads again, what the
+    stream holds is published as one batch per room (one write per socket), not one event at
+    a time; and every client still gets every event once, in order."""
+    a, b = await cluster(servers, 2)
+    sender, reader = await user(a, "sender"), await user(b, "reader")
+    rooms = [ROOM, unique("other")]
+    socks = {}
+    for room in rooms:
+        socks[room], backlog, _ = await open_ws(reader, room)
+        if not any(is_join(e, "reader") for e in backlog):
+            await wait_join(socks[room], "reader")  # delivered by B's feed: nothing else due
+
+    await b.chat.feed.stop()
+    sent: dict[str, list[dict[str, Any]]] = {room: [] for room in rooms}
+    for k in range(10):
+        for room in rooms:  # interleaved in the stream
+            sent[room].append(await post(sender, f"{room} {k}", room))
+
+    # The one look inside: B's publishes, recorded; and B's catch-up query off, so that
+    # everything comes through the stream, resumed from B's token.
+    published: dict[str, list[list[str]]] = {room: [] for room in rooms}
+    for room in rooms:
+        buffer = b.chat._rooms[room]
+
+        def record(events, publish=buffer.publish, calls=published[room]):
+            calls.append([e["id"] for e in events])
+            return publish(events)
+
+        buffer.publish = record  # type: ignore[method-assign]
+
+    async def no_catch_up() -> None:
+        pass
+
+    b.chat.catch_up_rooms = no_catch_up  # type: ignore[method-assign]
+    b.chat.feed.start()
+
+    for room, sock in socks.items():
+        assert await events_until(sock, f"{room} 9") == sent[room]
+    assert published == {room: [[e["id"] for e in sent[room]]] for room in rooms}
+    close_all(sender, reader)
 
 
 @pytest.mark.gen_test(timeout=30)
