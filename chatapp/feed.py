@@ -16,7 +16,8 @@ Never a gap, even across an interruption (MongoDB restarting, a failover):
    3 and is dropped by id (``MessageBuffer.publish`` ignores ids it has).
 
 Changes are consumed in runs: one wait for the next change, then every change the driver
-already holds from the same reply of the server, without waiting again (``take_available``).
+already holds from the same reply of the server, without waiting again
+(``EventStore.next_changes``).
 A run is dispatched as one ``publish`` per room (``Chat.deliver``), in stream order, and only
 then does the resume token move past it: if dispatching fails, the reopened stream brings the
 whole run again, and 3 drops what was published already. Changes arriving one at a time are
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# At most this many changes are dispatched at once, so that one publish, like one of the
-# writer's batches, wakes a long-poll with no more than the contract's 500 events. Changes
-# left in the driver make the next run, without another wait on the server.
-MAX_RUN = 500
 # After the stream fails (MongoDB down, a failover), wait this long before reopening it, then
 # double up to the maximum: retry fast after a blip, without spinning during an outage.
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
@@ -95,7 +92,7 @@ class ChangeFeed:
             await self.chat.catch_up_rooms()
             self.ready.set()
             while stream.alive:
-                changes, token = await next_run(stream)
+                changes, token = await self.store.next_changes(stream)
                 self._dispatch(changes)
                 if token is not None:
                     self._token = token  # only now: every change up to it is dispatched
@@ -113,50 +110,3 @@ class ChangeFeed:
                 self.chat.session_gone(change["documentKey"]["_id"])
         if events:
             self.chat.deliver(events)
-
-
-async def next_run(stream: Any) -> tuple[list[dict[str, Any]], Any]:
-    """The next run of changes of ``stream`` (``EventStore.watch``'s, a Motor change stream,
-    opened), and the resume token to store once they are dispatched (None if none yet)."""
-    delegate = getattr(stream, "delegate", None)  # the pymongo change stream Motor wraps
-    if delegate is None:
-        # Not Motor's (another async driver): one change at a time, as `async for` gives them.
-        change = await stream.try_next()
-        return ([] if change is None else [change]), stream.resume_token
-    # Blocking pymongo calls: on a thread, as Motor runs them; one run at a time, as Motor's
-    # own try_next() would be.
-    return await asyncio.to_thread(take_available, delegate)
-
-
-def take_available(stream: Any) -> tuple[list[dict[str, Any]], Any]:
-    """Blocking: the next changes of a pymongo ``ChangeStream``, and the resume token to store
-    once they are dispatched (None if none yet).
-
-    Waits for the first change as ``try_next()`` does (at most one getMore, returning [] if it
-    brings nothing), then takes the changes the driver already holds from the same reply, up
-    to ``MAX_RUN``, with ``try_next()`` too: every change still goes through pymongo's own
-    resume-token bookkeeping. Changes already received are never waited for.
-    """
-    changes: list[dict[str, Any]] = []
-    change = stream.try_next()
-    while change is not None:
-        changes.append(change)
-        if len(changes) >= MAX_RUN or not _holds_more(stream):
-            break
-        change = stream.try_next()
-    return changes, stream.resume_token
-
-
-def _holds_more(stream: Any) -> bool:
-    """Whether the stream's cursor holds more changes already received, so that the next
-    ``try_next()`` returns one without asking the server.
-
-    pymongo has no public API for this: it is the private ``_has_next()`` of the stream's
-    cursor, which ``ChangeStream.try_next`` itself relies on (pymongo 4.x). If a pymongo
-    release renames it, this says False and the feed goes back to one change per run: slower
-    under load, never wrong.
-    """
-    try:
-        return bool(stream._cursor._has_next())
-    except AttributeError:
-        return False
