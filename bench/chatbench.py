@@ -11,9 +11,10 @@ end, also on Ctrl-C or an error.
 Scenarios (--scenario):
   fanout   (default) --ws WebSocket and --polls long-poll clients receive --messages messages
            of --size bytes sent at --rate per second (0: flat out, at most --inflight waiting
-           for their ack). Deliveries per second, send-to-receive latency per transport, lost
-           and duplicated deliveries, CPU of the server, mongod and the load clients, server
-           RSS per idle connection.
+           for their ack). Deliveries per second, send-to-receive latency per transport
+           (WebSocket: to the arrival in the client's socket, and to its read), lost and
+           duplicated deliveries, CPU of the server, mongod and the load clients, server RSS
+           per idle connection.
   parked   --polls long-polls wait in the room; one message is sent. How many were woken, and
            how long from the send to the last wake-up.
   history  --history-events messages are stored, then --requests sequential requests of
@@ -742,7 +743,13 @@ class Bench:
                 if key in total:
                     total[key] += t[key]
             t["first_error"] = next((p["first_error"] for p in parts if p["first_error"]), "")
+            # "latency": send -> read by the load client; "arrival_latency" (WebSocket):
+            # send -> the bytes reached the client's socket, by the kernel's clock.
             t["latency"] = summary([x for p in parts for x in p["latencies"]])
+            arrivals = [x for p in parts for x in p["arrival_latencies"]]
+            if arrivals:
+                t["arrival_latency"] = summary(arrivals)
+                t["arrival_without_timestamp"] = sum(p["no_timestamp"] for p in parts)
             t["last_delivery_s"] = round(
                 max(p["last_t"] for p in parts) - sender.first_send, 3) if acked else None
             if transport == "poll" and t["requests"]:
@@ -945,9 +952,22 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
             p = r["parked"]
             add("woken", f"{p['woken']:,} of {p['waiters']:,}")
             add("send -> last wake", f"{p['send_to_last_wake_ms']:,.1f} ms")
+        arrival = False
         for t, label in (("ws", "WebSocket"), ("poll", "long-poll")):
-            if t in r:
-                add(f"latency {label}", fmt_latency(r[t]["latency"]))
+            if t not in r:
+                continue
+            if "arrival_latency" in r[t]:
+                arrival = True
+                add(f"latency {label}", f"arrival  {fmt_latency(r[t]['arrival_latency'])}")
+                add("", f"read     {fmt_latency(r[t]['latency'])}")
+                if r[t]["arrival_without_timestamp"]:
+                    add("", f"({r[t]['arrival_without_timestamp']:,} samples without a kernel "
+                            f"timestamp: arrival = read for those)")
+            else:
+                add(f"latency {label}", f"read     {fmt_latency(r[t]['latency'])}")
+        if arrival:
+            add("", "(arrival: in the load client's socket, by the kernel's clock; read: "
+                    "once the load client read it)")
         if sc == "fanout" and "poll" in r and r["poll"].get("requests"):
             add("long-poll requests", f"{r['poll']['requests']:,} "
                                       f"({r['poll']['requests_per_second']}/s, "
@@ -1065,7 +1085,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-session", type=int, default=100,
                    help="connections per session (nickname) (default: 100)")
     p.add_argument("--sample-every", type=int, default=10,
-                   help="parse JSON and measure latency on every Nth connection (default: 10)")
+                   help="parse JSON and measure latency on every Nth connection (default: 10;"
+                        " 1 for latency runs)")
     p.add_argument("--concurrency", type=int, default=0,
                    help="connections opening at once per process (default: 96 / --procs)")
     p.add_argument("--history-events", type=int, default=1000,

@@ -9,9 +9,13 @@ The receive path is kept lean so that the client is not what limits the figures:
 
 - WebSocket: an ``asyncio.Protocol`` with a minimal RFC 6455 client (handshake, then unmasked
   server frames parsed straight out of ``data_received``; no compression is negotiated). Most
-  connections only recognise message events with two byte searches, count them and check that
-  their ids increase; every ``sample_every``-th connection parses the JSON and measures the
-  send-to-receive latency from the send time the sender put in the text.
+  connections run on asyncio's own transport and only recognise message events with two byte
+  searches, count them and check that their ids increase. Every ``sample_every``-th
+  connection parses the JSON and measures two latencies from the send time the sender put in
+  the text: to the message's arrival in the socket, from the kernel's receive timestamp
+  (``SO_TIMESTAMPNS``, which asyncio's transports drop, so these read their socket with
+  ``recvmsg`` through ``RecvmsgTransport``, the same parser behind it), and to its read by
+  this process (``time.time()`` after the read).
 - Long-poll: one keep-alive HTTP/1.1 connection per client over asyncio streams, looping
   ``GET .../updates?cursor=<last>``; the cursor is cut out of the end of the body, not parsed.
 
@@ -29,6 +33,8 @@ import os
 import re
 import resource
 import signal
+import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -51,6 +57,17 @@ OPEN_TIMEOUT = 30.0
 # Opens in flight at once in one process, unless the command says otherwise: the server
 # listens with a backlog of 128, and a full accept queue turns into 1 s SYN retransmits.
 DEFAULT_CONCURRENCY = 64
+# Kernel receive timestamps (socket(7)): with SO_TIMESTAMPNS set, each recvmsg carries a
+# (SOL_SOCKET, SCM_TIMESTAMPNS == SO_TIMESTAMPNS) control message holding a struct timespec,
+# CLOCK_REALTIME, the same clock as the sender's time.time(). For TCP it is the time of the
+# last segment the read returned. Python has no constant for it before 3.14; 35 is Linux's.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("qq")
+# recvmsg's ancillary buffer: room for the timestamp message (a smaller one gets nothing).
+ANC_BUFSIZE = 256
+# Bytes per read. Not asyncio's 256 KiB: glibc serves a buffer of 128 KiB or more with mmap,
+# and the shrink and free after a short read cost an mremap and a munmap (~12 us per read).
+READ_SIZE = 65536
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -96,7 +113,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     ``opened`` resolves after the 101 answer (or fails with the refusal). Server frames are
     unmasked; text frames (and fragmented ones, reassembled) go to ``on_text`` with the time
-    the bytes arrived; pings are answered; a close frame is echoed and the socket closed.
+    the bytes were read (``time.time()``); pings are answered; a close frame is echoed and the
+    socket closed. Over a ``RecvmsgTransport``, ``arrived`` is meanwhile the kernel's time for
+    the bytes being parsed (None if the kernel gave none).
     """
 
     def __init__(self, host: str, port: int, path: str, cookie: str | None = None) -> None:
@@ -120,6 +139,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._handshaking = True
         self._buf = b""
         self._fragments: list[bytes] | None = None
+        self.arrived: float | None = None
 
     # -- asyncio.Protocol
 
@@ -243,14 +263,160 @@ class WebSocketProtocol(asyncio.Protocol):
         return rest
 
 
+class RecvmsgTransport(asyncio.Transport):
+    """A connected socket read with ``recvmsg``, for a WebSocketProtocol that wants to know
+    when its bytes reached the socket, not only when it got round to reading them.
+
+    asyncio's transports read with ``recv``, which drops the kernel's receive timestamp; this
+    one reads with ``recvmsg`` from a reader callback on the loop's selector, puts the
+    timestamp (None if there was none) in ``protocol.arrived`` and hands the bytes to
+    ``protocol.data_received``, so the protocol's parsing is the same as over asyncio. Only
+    what WebSocketProtocol uses is here: ``write`` (the handshake, pongs, a close echo; what
+    does not go out at once waits for the socket to be writable), ``close``, ``is_closing``,
+    ``get_extra_info``. As with asyncio, EOF or an error ends the connection: the socket is
+    closed and ``connection_lost`` called (with the error, if any) on the next loop turn.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: WebSocketProtocol) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname(),
+                          "peername": sock.getpeername()})
+        self._loop, self._sock, self._protocol = loop, sock, protocol
+        self._fd = sock.fileno()
+        self._out = bytearray()  # written but not sent yet
+        self._closing = False
+        self._lost = False  # connection_lost is scheduled or done
+        protocol.connection_made(self)
+        if not self._closing:
+            loop.add_reader(self._fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        try:
+            data, anc, _, _ = self._sock.recvmsg(READ_SIZE, ANC_BUFSIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if not data:
+            self.close()  # EOF: what asyncio does when eof_received returns None
+            return
+        arrived = None
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, ns = TIMESPEC.unpack_from(value)
+                arrived = sec + ns * 1e-9
+        protocol = self._protocol
+        protocol.arrived = arrived
+        try:
+            protocol.data_received(data)
+        except Exception as exc:  # noqa: BLE001 -- a parser bug: reported, as asyncio does
+            self._loop.call_exception_handler({
+                "message": "RecvmsgTransport: data_received failed",
+                "exception": exc, "transport": self, "protocol": protocol,
+            })  # fmt: skip
+            self._force_close(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return  # like asyncio after close(): dropped
+        if not self._out:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._force_close(exc)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._out += data
+
+    def _write_ready(self) -> None:
+        try:
+            n = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        del self._out[:n]
+        if not self._out:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._force_close(None)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; the socket closes once what was written has gone out."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if not self._out:
+            self._force_close(None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = self._closing = True
+        self._out.clear()
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+
+
+async def connect_recvmsg(factory: Any, host: str, port: int) -> WebSocketProtocol:
+    """Connect ``factory()`` (a WebSocketProtocol) over a RecvmsgTransport whose socket asks
+    the kernel for receive timestamps. Where it cannot, the reads carry none and
+    ``protocol.arrived`` stays None."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        # As asyncio does for its TCP transports: small writes (the handshake) go out at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # not Linux, or no such option: no timestamps
+        await loop.sock_connect(sock, address)
+        protocol = factory()
+        RecvmsgTransport(loop, sock, protocol)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
+
+
 async def open_websocket(
-    factory: Any, host: str, port: int, timeout: float = OPEN_TIMEOUT
+    factory: Any, host: str, port: int, timeout: float = OPEN_TIMEOUT,
+    kernel_timestamps: bool = False,
 ) -> WebSocketProtocol:
-    """Connect ``factory()`` (a WebSocketProtocol) and wait for the handshake."""
+    """Connect ``factory()`` (a WebSocketProtocol) and wait for the handshake; with
+    ``kernel_timestamps``, over a RecvmsgTransport instead of asyncio's own transport."""
     loop = asyncio.get_running_loop()
 
     async def go() -> WebSocketProtocol:
-        _, proto = await loop.create_connection(factory, host, port)
+        if kernel_timestamps:
+            proto = await connect_recvmsg(factory, host, port)
+        else:
+            _, proto = await loop.create_connection(factory, host, port)
         try:
             await proto.opened
         except BaseException:
@@ -379,7 +545,13 @@ class Tally:
         self.dup_seq = 0  # a sampled receiver saw the same message twice (by its number)
         self.first_t = 0.0
         self.last_t = 0.0
+        # Sampled receivers, per message: send -> read by this process (``time.time()`` once
+        # the read returned), and send -> arrival in the socket (the kernel's timestamp; the
+        # read time where the kernel gave none, counted in ``no_timestamp``). Long-polls
+        # record the read latency only.
         self.latencies: list[float] = []
+        self.arrival_latencies: list[float] = []
+        self.no_timestamp = 0
         self.errors = 0
         self.first_error = ""
         self.requests = 0  # long-polls: requests sent since "start"
@@ -421,6 +593,8 @@ class Tally:
             "first_t": self.first_t,
             "last_t": self.last_t,
             "latencies": [round(x, 6) for x in self.latencies],
+            "arrival_latencies": [round(x, 6) for x in self.arrival_latencies],
+            "no_timestamp": self.no_timestamp,
         }
 
 
@@ -517,7 +691,13 @@ class WSReceiver(WebSocketProtocol):
 
 
 class SampledWSReceiver(WSReceiver):
-    """Parses every frame: latency from the send time in the text, duplicates by number."""
+    """Parses every frame: latency from the send time in the text, duplicates by number.
+
+    Opened over a RecvmsgTransport, so each message has two latencies: to its arrival in the
+    socket (kernel timestamp, ``arrived``) and to its read (``now``). With many sockets per
+    process, a read can come long after the arrival: the sockets that became readable
+    together are read one after another, and this process shares the cores with the server.
+    """
 
     feed = WebSocketProtocol.feed  # frame by frame
 
@@ -538,6 +718,11 @@ class SampledWSReceiver(WSReceiver):
         t = self.tally
         n, sent = parse_sent_text(event["text"])
         t.latencies.append(now - sent)
+        arrived = self.arrived
+        if arrived is None:
+            t.no_timestamp += 1
+            arrived = now
+        t.arrival_latencies.append(arrived - sent)
         if 0 <= n < len(self.seen):
             if self.seen[n]:
                 t.dup_seq += 1
@@ -698,7 +883,10 @@ class Worker:
                     return WSReceiver(self.ws, host, port, path, cookie)
             async with gate:
                 try:
-                    proto = await open_websocket(factory, host, port)
+                    # Only the sampled ones need the kernel's timestamps; the others stay
+                    # on asyncio's transport.
+                    proto = await open_websocket(factory, host, port,
+                                                 kernel_timestamps=sampled)
                 except (TimeoutError, OSError, ConnectionError) as exc:
                     failures.append(f"ws: {exc!r}")
                     return
