@@ -22,7 +22,7 @@ from chatapp.errors import ChatError, store_unavailable
 from chatapp.feed import ChangeFeed
 from chatapp.limits import ConnectionLimits
 from chatapp.presence import Member, Presence
-from chatapp.ratelimit import TokenBucket
+from chatapp.ratelimit import BURST_FACTOR, TokenBucket, Turns
 from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sessions import Session, Sessions
 from chatapp.store import EventStore, StoreError
@@ -91,6 +91,10 @@ class PollWaiter:
             timer.cancel()
 
 
+def _too_fast() -> ChatError:
+    return ChatError("rate_limited", "You are sending messages too fast; wait a moment.", 429)
+
+
 class Chat:
     def __init__(
         self,
@@ -130,6 +134,7 @@ class Chat:
         self._loading: dict[str, asyncio.Future] = {}
         self._writers: dict[str, RoomWriter] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._send_turns = Turns()
         self._sweeper: asyncio.Task | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -245,14 +250,29 @@ class Chat:
         text = rules.check_text(text)
         client_id = rules.check_client_id(client_id)
         if not self._take_token(session.sid):
-            raise ChatError(
-                "rate_limited", "You are sending messages too fast; wait a moment.", 429
-            )
-        await self.room(room)
+            raise _too_fast()
         doc = {"type": "message", "nick": session.nick, "text": text, "ts": time.time(),
                "sid": session.sid, "cid": client_id}
-        result = await self._writer(room).write(doc)
-        return result.event
+        if self.cluster and self.rate_limit > 0:
+            # This process's bucket above stops a flood here; the session's bucket in MongoDB
+            # holds the rate across every process its sends reach (round robin, two tabs).
+            async with self._send_turns.turn(session.sid):
+                if not await self._take_shared_token(session.sid):
+                    raise _too_fast()
+                await self.room(room)
+                stored = self._writer(room).write(doc)  # in line now, in arrival order
+        else:
+            await self.room(room)
+            stored = self._writer(room).write(doc)
+        return (await stored).event
+
+    async def _take_shared_token(self, sid: str) -> bool:
+        try:
+            return await self.store.take_send_token(
+                sid, self.rate_limit, self.rate_limit * BURST_FACTOR
+            )
+        except StoreError:
+            raise store_unavailable() from None
 
     def _take_token(self, sid: str) -> bool:
         if self.rate_limit <= 0:

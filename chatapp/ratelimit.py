@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 # The contract: bursts of twice the per-second rate, so someone pasting a few lines in quick
 # succession is not refused, while a script flooding the room is.
@@ -33,3 +36,31 @@ class TokenBucket:
     def is_full(self) -> bool:
         """True once the bucket has refilled: the session's bucket can be forgotten."""
         return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.capacity
+
+
+class Turns:
+    """One turn at a time per key, in the order they were asked for.
+
+    A session's sends must reach its room's writer in the order they arrived (a WebSocket's
+    frames are handled concurrently). Anything awaited on the way there (in a cluster, the
+    shared rate-limit bucket in MongoDB) could let a later send overtake an earlier one; each
+    send takes its session's turn around that part, and the next waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, asyncio.Future] = {}
+
+    @asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        before = self._last.get(key)
+        mine = asyncio.get_running_loop().create_future()
+        self._last[key] = mine
+        try:
+            if before is not None:
+                # asyncio.wait, not await: a cancelled waiter must not cancel the turn ahead.
+                await asyncio.wait({before})
+            yield
+        finally:
+            mine.set_result(None)
+            if self._last.get(key) is mine:
+                del self._last[key]

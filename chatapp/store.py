@@ -11,6 +11,10 @@ Collections:
 - ``counters``: ``{_id: room, seq}``, the last sequence number handed out in a room.
 - ``sessions``: ``{_id: sid, nick, nick_key, expires_at}``; a unique index on ``nick_key``
   makes nickname uniqueness hold however many app processes share the database.
+- ``members`` (cluster mode): presence, one document per (room, session); see
+  ``join_member``.
+- ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
+  ``take_send_token``.
 
 Ordering: ``append`` takes the next sequence numbers from the room's counter and inserts the
 events in one transaction. Two writers (tasks or processes) that append to the same room at
@@ -96,6 +100,8 @@ class EventStore:
         self.sessions = db["sessions"]
         # Cluster presence: one document per (room, session), see "presence leases" below.
         self.members = db["members"]
+        # Cluster rate limit: one token bucket per session, see ``take_send_token``.
+        self.send_buckets = db["send_buckets"]
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -112,6 +118,8 @@ class EventStore:
         # Cluster presence: "who is in this room", and the sweep's "whose leases all ran out".
         await self.members.create_index([("room", ASC), ("until_max", ASC)])
         await self.members.create_index("until_max")
+        # A bucket nobody has drawn from since it refilled says nothing: MongoDB drops it.
+        await self.send_buckets.create_index("expire_at", expireAfterSeconds=0)
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -320,6 +328,42 @@ class EventStore:
         # The blocking pymongo calls run on a thread, as Motor runs them; one run at a time,
         # as Motor's own try_next() would be.
         return await asyncio.to_thread(_take_available, stream.delegate)
+
+    async def take_send_token(self, sid: str, rate: float, capacity: float) -> bool:
+        """Take one token from the session's send bucket, shared by every process of the
+        cluster: True if there was one (the send may go ahead).
+
+        The bucket refills at ``rate`` tokens a second up to ``capacity``, on MongoDB's clock
+        (``$$NOW``), so app machines whose clocks differ still agree. Refill, check and take
+        are one single-document update: two processes drawing at once cannot both take the
+        last token.
+        """
+        now_ms = {"$toLong": "$$NOW"}
+        refill_ms = capacity / rate * 1000
+        doc = await self.send_buckets.find_one_and_update(
+            {"_id": sid},
+            [
+                {"$set": {
+                    "tokens": {"$min": [capacity, {"$add": [
+                        {"$ifNull": ["$tokens", capacity]},
+                        {"$multiply": [rate / 1000, {"$subtract": [
+                            now_ms, {"$ifNull": ["$stamp", now_ms]},
+                        ]}]},
+                    ]}]},
+                    "stamp": now_ms,
+                }},
+                {"$set": {"ok": {"$gte": ["$tokens", 1]}}},
+                {"$set": {
+                    "tokens": {"$cond": ["$ok", {"$subtract": ["$tokens", 1]}, "$tokens"]},
+                    # Full again by then: a fresh bucket would be the same.
+                    "expire_at": {"$add": ["$$NOW", refill_ms]},
+                }},
+            ],
+            upsert=True,
+            projection={"ok": 1},
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        return bool(doc["ok"])
 
     # Presence leases. One document per (room, session):
     #

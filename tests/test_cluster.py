@@ -259,6 +259,29 @@ async def test_tabs_opening_and_closing_on_two_servers_at_once_join_once_and_lea
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_the_rate_limit_holds_for_a_session_whose_sends_reach_two_servers(servers):
+    a, b = await cluster(servers, 2, rate_limit=2)  # 2 a second, bursts of 4
+    alice = await user(a, "alice")
+    sock, _, _ = await open_ws(alice)  # a tab on A
+    # A burst of frames on A: handled concurrently, yet refused or stored in the order sent.
+    for i in range(6):
+        sock.send(f"ws {i}", f"w{i}")
+    answers: dict[str, str] = {}
+    while len(answers) < 6:
+        frame = await sock.next()
+        if frame["type"] in ("ack", "error") and "client_id" in frame:
+            assert frame["type"] == "ack" or frame["error"] == "rate_limited", frame
+            answers[frame["client_id"]] = frame["type"]
+    accepted = [i for i in range(6) if answers[f"w{i}"] == "ack"]
+    assert accepted[:4] == [0, 1, 2, 3] and len(accepted) <= 5, answers
+    # At once, over HTTP on B (another tab, or a round-robin balancer): the same bucket.
+    code, body = await same_session(alice, b).send(ROOM, "via B", "b1")
+    assert (code, body["error"]) == (429, "rate_limited")
+    assert texts(await history(alice)) == [f"ws {i}" for i in accepted]
+    close_all(alice)
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_long_poll_client_alternating_servers_misses_nothing_and_gets_nothing_twice(
     servers,
 ):
