@@ -564,6 +564,18 @@ class Tally:
     def recount(self) -> None:
         self.done = sum(1 for r in self.receivers if r.count >= self.target)
 
+    def book(self, receiver: Any, n: int, now: float) -> None:
+        """``receiver`` got ``n`` more messages at ``now``: the counts, the first and last
+        delivery times, and whether it has just reached the target."""
+        before = receiver.count
+        receiver.count += n
+        self.deliveries += n
+        if not self.first_t:
+            self.first_t = now
+        self.last_t = now
+        if before < self.target <= receiver.count:
+            self.done += 1
+
     def report(self, last_id: str) -> dict[str, Any]:
         want = last_id.encode()
         lost = dup = wrong_last = closed = complete = 0
@@ -657,14 +669,7 @@ class WSReceiver(WebSocketProtocol):
         if n > 1 and (ids != sorted(ids) or len(set(ids)) != n):
             t.out_of_order += 1
         self.last_id = ids[-1]
-        before = self.count
-        self.count += n
-        t.deliveries += n
-        if not t.first_t:
-            t.first_t = now
-        t.last_t = now
-        if before < t.target <= self.count:
-            t.done += 1
+        t.book(self, n, now)
 
     def on_text(self, payload: bytes, now: float) -> None:
         if not payload.startswith(EVENT_PREFIX) or MESSAGE_MARK not in payload:
@@ -681,13 +686,7 @@ class WSReceiver(WebSocketProtocol):
             self.last_id = mid
         else:
             t.out_of_order += 1
-        self.count += 1
-        t.deliveries += 1
-        if not t.first_t:
-            t.first_t = now
-        t.last_t = now
-        if self.count == t.target:
-            t.done += 1
+        t.book(self, 1, now)
 
 
 class SampledWSReceiver(WSReceiver):
@@ -803,7 +802,7 @@ class PollReceiver:
         if first <= self.last_id:
             t.out_of_order += 1
         self.last_id = body[k:body.find(b'"', k)]
-        self._counted(n, now)
+        self.tally.book(self, n, now)
 
     def _parse(self, body: bytes, now: float) -> None:
         data = json.loads(body)
@@ -827,18 +826,7 @@ class PollReceiver:
                 t.out_of_order += 1
             n += 1
         if n:
-            self._counted(n, now)
-
-    def _counted(self, n: int, now: float) -> None:
-        t = self.tally
-        before = self.count
-        self.count += n
-        t.deliveries += n
-        if not t.first_t:
-            t.first_t = now
-        t.last_t = now
-        if before < t.target <= self.count:
-            t.done += 1
+            self.tally.book(self, n, now)
 
     def close(self) -> None:
         self.closing = True
