@@ -9,6 +9,7 @@ Synchronous (subprocess and urllib); async tests call the blocking parts through
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 60.0
 # A first start whose port another process took meanwhile is tried again this many times.
 START_ATTEMPTS = 3
+
+
+@asynccontextmanager
+async def running(app: AppProcess) -> AsyncIterator[AppProcess]:
+    """Start ``app`` (off the event loop), and stop it however the test ends; its log's tail is
+    printed, which pytest shows when the test failed."""
+    await asyncio.to_thread(app.start)
+    try:
+        yield app
+    finally:
+        app.stop()
+        print(f"--- chatapp log ---\n{app.log_tail(60)}")
 
 
 class PortTaken(RuntimeError):

@@ -31,7 +31,7 @@ from tornado.websocket import WebSocketClosedError
 from chatapp.chat import PollWaiter
 from chatapp.mongod import EmbeddedMongo
 from tests.harness import WAIT_SECONDS, ChatServer, Client, ServerFactory, Socket
-from tests.procs import AppProcess
+from tests.procs import AppProcess, running
 from tests.steps import (
     ROOM,
     assert_increasing,
@@ -611,12 +611,8 @@ async def post_surely(client: Client, room: str, text: str) -> dict[str, Any]:
 async def test_processes_2_one_chat_through_one_port_surviving_a_killed_worker(
     mongo_uri, tmp_path
 ):
-    app = AppProcess(tmp_path / "app", mongo_uri, processes=2)
-    await asyncio.to_thread(app.start)
-    try:
+    async with running(AppProcess(tmp_path / "app", mongo_uri, processes=2)) as app:
         await _processes_2(app)
-    finally:
-        app.stop()
 
 
 async def _processes_2(app: AppProcess) -> None:

@@ -45,7 +45,7 @@ from chatapp.store import Appended, to_event
 from chatapp.web.ws import MAX_PENDING_OUTPUT, RoomSocket
 from chatapp.writer import RoomWriter
 from tests.harness import WAIT_SECONDS, ChatServer, Client, ServerFactory, Socket
-from tests.procs import AppProcess
+from tests.procs import AppProcess, running
 from tests.steps import (
     ROOM,
     assert_increasing,
@@ -361,13 +361,8 @@ async def test_a_commit_landing_after_its_batch_gave_up_is_delivered_before_the_
 
 @pytest.mark.gen_test(timeout=90)
 async def test_kill_9_mid_stream_loses_no_acknowledged_event(mongo_uri, tmp_path):
-    app = AppProcess(tmp_path / "app", mongo_uri)
-    await asyncio.to_thread(app.start)
-    try:
+    async with running(AppProcess(tmp_path / "app", mongo_uri)) as app:
         await _kill_9_mid_stream(app)
-    finally:
-        app.stop()
-        print(f"--- chatapp log ---\n{app.log_tail(60)}")  # shown if the test failed
 
 
 async def _kill_9_mid_stream(app: AppProcess) -> None:
@@ -854,13 +849,8 @@ async def test_parked_long_polls_time_out_spread_over_the_last_tenth_of_poll_tim
 @pytest.mark.gen_test(timeout=90)
 async def test_sigterm_closes_going_away_answers_polls_keeps_acked_and_stops_mongod(tmp_path):
     # One connection per session: a parked poll then shows from outside, as a refused probe.
-    app = AppProcess(tmp_path / "app", max_connections_per_session=1)
-    await asyncio.to_thread(app.start)
-    try:
+    async with running(AppProcess(tmp_path / "app", max_connections_per_session=1)) as app:
         await _sigterm(app)
-    finally:
-        app.stop()
-        print(f"--- chatapp log ---\n{app.log_tail(60)}")  # shown if the test failed
 
 
 async def _sigterm(app: AppProcess) -> None:
