@@ -85,7 +85,7 @@
     "picker.add": "Add",
     "picker.close": "Close",
     "picker.emoji.label": "React with {emoji}",
-    "edit.label": "Edit your message",
+    "edit.label": "New text of your message",
     "edit.hint": "Enter to save \u00b7 Escape to cancel",
     "edit.save": "Save",
     "edit.cancel": "Cancel",
