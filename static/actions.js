@@ -11,7 +11,7 @@
  * dimmed until then, and the held text comes back if the server refuses it.
  *
  * chatapp.Actions(ctx, hooks) -> {start, editLast, failed, acted}
- * hooks: view() (LogView), outbox() (Outbox), composer() (Composer), announce(text), notice(text).
+ * hooks: view() (LogView), older() (Older), outbox() (Outbox), composer() (Composer), announce(text), notice(text).
  */
 (function () {
   "use strict";
@@ -279,7 +279,7 @@
       } else if (action === "toggle") {
         react(li, b.getAttribute("data-emoji"));
       } else if (action === "goto") {
-        hooks.view().goTo(b.getAttribute("data-target"));
+        hooks.older().goTo(b.getAttribute("data-target"));
       }
     }
 

@@ -6,7 +6,8 @@
  * Content-Security-Policy allows no inline script, and a JSON data block is not run), makes
  * the parts and connects them:
  *
- *   transport.js  WebSocket / long-poll  --events-->  logview.js  (draws with events.js)
+ *   transport.js  WebSocket / long-poll  --events-->  logview.js  (draws with events.js;
+ *                                                     older.js fetches what came before)
  *   outbox.js     client_id, retries     <--sends---  composer.js, actions.js
  *   people.js     who is here            <--presence- transport.js
  *
@@ -98,7 +99,7 @@
     var unread = 0;
     var baseTitle = doc.title;
     var leaving = false;     // Leave was clicked: its answer, not a closed socket, says where to go
-    var transport, outbox, view, composer, actions, presence;
+    var transport, outbox, view, older, composer, actions, presence;
 
     function notice(text) {
       if (!noticeEl) { return; }
@@ -194,6 +195,7 @@
       sessionGone: goJoin,
       focusComposer: function () { composer.focus(); }
     });
+    older = chatapp.Older(ctx, view, { announce: announce, sessionGone: goJoin });
     composer = chatapp.Composer(ctx, {
       outbox: function () { return outbox; },
       view: function () { return view; },
@@ -202,6 +204,7 @@
     });
     actions = chatapp.Actions(ctx, {
       view: function () { return view; },
+      older: function () { return older; },
       outbox: function () { return outbox; },
       composer: function () { return composer; },
       announce: announce,
@@ -244,6 +247,7 @@
 
     function start() {
       view.start(data.events || []);
+      older.start();
       if (c.byId("me-nick")) { c.addClass(c.byId("me-nick"), "c" + c.colorIndex(ctx.me)); }
       c.empty(ctx.peopleList);   // the <noscript> list
       presence.render(data.nicks || []);

@@ -5,8 +5,8 @@
  * Plain ES5 on purpose: old browsers are users too. No build step, no framework, no
  * let/const, arrow functions, template strings, classes, Promise or fetch; tests/test_es5.py
  * fails on anything newer in static/*.js. The files are loaded in order by the page
- * (templates/room.html): strings, core, render, transport, outbox, logview, actions,
- * composer, people, chat. Each adds itself to window.chatapp and runs nothing on load
+ * (templates/room.html): strings, core, events, longpoll, transport, outbox, logview, older,
+ * actions, composer, people, chat. Each adds itself to window.chatapp and runs nothing on load
  * except chat.js, which starts the page.
  *
  * Everything the server or another person supplied reaches the page through textContent

@@ -1,7 +1,7 @@
 /*
  * chatapp browser client: the connection. A WebSocket when it works, long-polling when it
- * does not (a proxy that blocks upgrades, a browser without WebSocket), reconnection with
- * back-off, and the status line at the top of the page.
+ * does not (a proxy that blocks upgrades, a browser without WebSocket; the polling itself is
+ * longpoll.js), reconnection with back-off, and the status line at the top of the page.
  *
  * One transport receives at a time: while long-polling after a fallback, a WebSocket is
  * probed now and then and replaces the poll only once it has opened. Events reach
@@ -24,13 +24,11 @@
 
   var BACKOFF_MIN = 1000;          // first reconnect delay (ms), doubled on every failure...
   var BACKOFF_MAX = 30000;         // ...up to this, plus up to 30% random jitter
-  var POLL_TIMEOUT = 70000;        // the server answers a long-poll within poll_timeout (25 s)
   var WS_MIN_LIFETIME = 5000;      // a WebSocket that dies sooner than this "did not work"
   var WS_MAX_FAILURES = 2;         // that many in a row (server reachable): use long-polling
   var WS_RETRY_INTERVAL = 60000;   // while on long-polling after a fallback, try WebSocket again
   var WS_PROBE_TIMEOUT = 15000;
   var WS_OPEN_TIMEOUT = 10000;     // a handshake unanswered by then (a proxy that swallows it) failed
-  var PRESENCE_INTERVAL = 30000;   // long-polling only; WebSocket pushes presence frames
 
   // Back-off with 30% jitter, so that clients cut off together do not come back together.
   function backoff(tries) {
@@ -52,11 +50,6 @@
     var fellBack = false;    // on long-polling because WebSocket did not work
     var probe = null;        // a WebSocket being tried while on long-polling
     var probeTimer = null;
-    var polling = false;
-    var pollToken = null;
-    var pollReq = null;
-    var presenceTimer = null;
-    var presenceSoonTimer = null;
     var attempt = 0;         // consecutive failed (re)connections, for the back-off
     var retryTimer = null;
     var retryAt = 0;
@@ -136,7 +129,7 @@
 
     // connect() unless something is already connected or on its way.
     function ensureConnected() {
-      if (!ws && !polling && !retryTimer) { connect(); }
+      if (!ws && !poller.active() && !retryTimer) { connect(); }
     }
 
     function shutdown() {
@@ -368,81 +361,29 @@
       return true;
     }
 
-    /* ---- long-polling */
+    /* ---- long-polling (longpoll.js) */
 
-    function startPolling() {
-      stopPolling();
-      polling = true;
-      setStatus("connecting", "longpoll");
-      fetchPresence();
-      presenceTimer = setInterval(fetchPresence, PRESENCE_INTERVAL);
-      poll();
-    }
-
-    function stopPolling() {
-      polling = false;
-      pollToken = null;
-      if (pollReq) {
-        pollReq.abort();
-        pollReq = null;
-      }
-      if (presenceTimer) { clearInterval(presenceTimer); presenceTimer = null; }
-      if (presenceSoonTimer) { clearTimeout(presenceSoonTimer); presenceSoonTimer = null; }
-    }
-
-    function pollConnected() {
-      if (polling && state !== "connected") {
-        setStatus("connected", "longpoll");
-        hooks.onUp();
-      }
-    }
-
-    function poll() {
-      var token = {};
-      if (!polling) { return; }
-      pollToken = token;
-      pollReq = c.request("GET", api + "/updates?cursor=" + encodeURIComponent(hooks.cursor()), null,
-        POLL_TIMEOUT, function (status, data) {
-          if (pollToken !== token) { return; }
-          pollReq = null;
-          if (status === 200 && data) {
-            attempt = 0;
-            pollConnected();
-            hooks.onEvents(data.events || []);
-            poll();
-          } else if (status === 400 && data && data.error === "bad_cursor") {
-            hooks.badCursor();
-          } else if (status === 401) {
-            hooks.sessionGone();
-          } else if (status === 0 && data && data.error === "timeout" && state === "connected") {
-            poll();   // no answer in time: ask again (a dead connection gets dropped this way)
-          } else {
-            stopPolling();
-            scheduleReconnect();
-          }
-        });
-    }
-
-    function fetchPresence() {
-      c.request("GET", api + "/presence", null, 10000, function (status, data) {
-        if (!polling) { return; }
-        if (status === 200 && data && data.nicks) {
-          hooks.onPresence(data.nicks);
-          pollConnected();
-        } else if (status === 401) {
-          hooks.sessionGone();
+    var poller = chatapp.LongPoll(ctx, {
+      cursor: hooks.cursor,
+      onEvents: hooks.onEvents,
+      onPresence: hooks.onPresence,
+      badCursor: hooks.badCursor,
+      sessionGone: hooks.sessionGone,
+      state: function () { return state; },
+      connecting: function () { setStatus("connecting", "longpoll"); },
+      connected: function () {
+        if (state !== "connected") {
+          setStatus("connected", "longpoll");
+          hooks.onUp();
         }
-      });
-    }
+      },
+      answered: function () { attempt = 0; },
+      failed: scheduleReconnect
+    });
 
-    // Long-polling learns of presence changes by asking: soon after a join or a leave.
-    function presenceSoon() {
-      if (presenceSoonTimer || !polling) { return; }
-      presenceSoonTimer = setTimeout(function () {
-        presenceSoonTimer = null;
-        fetchPresence();
-      }, 300);
-    }
+    function startPolling() { poller.start(); }
+
+    function stopPolling() { poller.stop(); }
 
     return {
       connect: connect,
@@ -463,7 +404,7 @@
       },
       send: send,
       dropSocket: dropSocket,
-      presenceSoon: presenceSoon,
+      presenceSoon: function () { poller.presenceSoon(); },
       kind: function () { return transport; },
       state: function () { return state; },
       // Can a message go out now? Over HTTP: once a long-poll has been answered.
