@@ -23,9 +23,11 @@ from tests.e2e.conftest import WAIT_MS, AppServer, Person, unique
 pytestmark = pytest.mark.e2e
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 except ImportError:  # pragma: no cover - the browser fixture skips (or fails under CI)
     expect = None  # type: ignore[assignment]
+    PlaywrightTimeout = TimeoutError  # type: ignore[misc,assignment]
 
 THUMBS = "\U0001F44D"
 PARTY = "\U0001F389"
@@ -75,10 +77,13 @@ def caught_up(server: AppServer, room: str, *persons: Person) -> list[dict[str, 
     """Wait until each page shows the room exactly as /history does; the state."""
     expected = server_state(server, room)
     for person in persons:
-        person.page.wait_for_function(
-            f"expected => JSON.stringify(({PAGE_STATE})()) === JSON.stringify(expected)",
-            arg=expected, timeout=RECONNECT_MS,
-        )
+        try:
+            person.page.wait_for_function(
+                f"expected => JSON.stringify(({PAGE_STATE})()) === JSON.stringify(expected)",
+                arg=expected, timeout=RECONNECT_MS,
+            )
+        except PlaywrightTimeout:
+            pass  # the assertion below shows the difference
         shown = person.page.evaluate(PAGE_STATE)
         ids = [line["id"] for line in shown]
         assert len(ids) == len(set(ids)), f"{person.nick}'s page shows an event twice"
