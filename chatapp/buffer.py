@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chatapp import kinds
+
 
 def encode(obj: Any) -> str:
     # Compact separators: this string is written once per delivery, so every byte counts.
@@ -30,6 +32,8 @@ def encode(obj: Any) -> str:
 # one ever longer list per join: O(N^2) bytes for N people. Changes within this window share
 # one frame; 50 ms is well below what a person notices in a list of names.
 PRESENCE_COALESCE_SECONDS = 0.05
+# Kinds whose publishing changes an entry already held (see MessageBuffer._apply).
+_ACTIONS = frozenset(k.name for k in kinds.KINDS.values() if k.targets)
 
 
 class Entry:
@@ -143,10 +147,27 @@ class MessageBuffer:
             return []
         return list(self.entries)[start:]
 
+    def find(self, event_id: str) -> dict[str, Any] | None:
+        """The event ``event_id`` as memory holds it now, or None if it is not held."""
+        i = bisect.bisect_left(self._ids, event_id)
+        if i < len(self._ids) and self._ids[i] == event_id:
+            return self.entries[i].event
+        return None
+
     def latest(self, limit: int) -> list[Entry]:
+        """The last ``limit`` entries of the log, actions included."""
         if limit >= len(self.entries):
             return list(self.entries)
         return list(self.entries)[-limit:]
+
+    def current(self, limit: int) -> tuple[list[Entry], bool] | None:
+        """The current-state view (``kinds``): the last ``limit`` listed entries, each message
+        as it is now, and whether older ones exist; None when memory holds fewer than
+        ``limit`` of them and older events exist (the store must answer)."""
+        listed = [e for e in self.entries if kinds.is_listed(e.event)]
+        if len(listed) < limit and self.floor:
+            return None
+        return listed[-limit:], bool(self.floor) or len(listed) > limit
 
     def publish(self, events: Iterable[dict[str, Any]]) -> list[Entry]:
         """Add stored events (in id order) and wake every waiter once with all of them."""
@@ -160,6 +181,8 @@ class MessageBuffer:
             self.entries.append(entry)
             self._ids.append(entry.id)
             new.append(entry)
+            if event["type"] in _ACTIONS:
+                self._apply(event, new)
         if new:
             if self._presence_call is not None:
                 # A pending presence change goes first: it happened before these events.
@@ -169,6 +192,29 @@ class MessageBuffer:
             for waiter in list(self._waiters):
                 waiter.wake(new)
         return new
+
+    def _apply(self, action: dict[str, Any], new: Batch) -> None:
+        """Bring what memory holds to its current state after ``action`` (``kinds.apply``,
+        and ``kinds.scrub`` after a delete), so that every later answer from memory shows it
+        as the store does. Entries of this very batch are replaced in it too: a delete in
+        the same batch as the edit or reply it scrubs sends neither's text to anyone."""
+        target = action["target"]
+        i = bisect.bisect_left(self._ids, target)
+        if i < len(self._ids) and self._ids[i] == target:
+            self._replace(i, kinds.apply(self.entries[i].event, action), new)
+        if action["type"] == "delete":
+            for i, entry in enumerate(self.entries):
+                scrubbed = kinds.scrub(entry.event, target)
+                if scrubbed is not entry.event:
+                    self._replace(i, scrubbed, new)
+
+    def _replace(self, i: int, event: dict[str, Any], new: Batch) -> None:
+        old = self.entries[i]
+        if event == old.event:
+            return
+        entry = self.entries[i] = Entry(event)
+        if new and old.id >= new[0].id:
+            new[new.index(old)] = entry
 
     def set_presence(self, nicks: list[str]) -> None:
         """The room's new list of nicknames; WebSockets hear of it within a moment."""

@@ -4,8 +4,9 @@ The WebSocket handler and the HTTP handlers are thin adapters over these methods
 (validation, rate limit, idempotency, storing, publishing, cursors, presence) lives in the
 modules this one puts together, never in a handler:
 
-    send()     -> sending.Sender -> rules -> rooms.Rooms.writer (store, in id order)
-                  -> MessageBuffer.publish -> waiters
+    send(), edit(), delete(), react() -> sending.Sender -> rules -> rooms.Rooms.writer
+                  -> store (in id order; an action decided and applied to its target in the
+                  same transaction, kinds.py) -> MessageBuffer.publish -> waiters
     updates(), poll(), history()  -> reading.Reader
     connect(), disconnect(), sweep() -> membership.Membership (presence, joins, leaves)
     one process or a cluster      -> mode.LocalMode / mode.ClusterMode, chosen here once
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from chatapp import kinds
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
@@ -25,14 +27,14 @@ from chatapp.limits import ConnectionLimits
 from chatapp.membership import Membership
 from chatapp.mode import ClusterMode, LocalMode
 from chatapp.presence import Presence
-from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, Reader
+from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, Reader, View
 from chatapp.rooms import MAX_UPDATES, ROOM_IDLE_SECONDS, Rooms
 from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sending import Sender
 from chatapp.sessions import Session, Sessions
 from chatapp.store import EventStore, StoreError
 
-__all__ = ["HISTORY_DEFAULT", "HISTORY_MAX", "MAX_UPDATES", "Chat", "PollWaiter"]
+__all__ = ["HISTORY_DEFAULT", "HISTORY_MAX", "MAX_UPDATES", "Chat", "PollWaiter", "View"]
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +149,37 @@ class Chat:
     # -- sending ------------------------------------------------------------------------------
 
     async def send(
-        self, session: Session, room: str, text: Any, client_id: Any
+        self, session: Session, room: str, text: Any, client_id: Any, reply_to: Any = None
     ) -> dict[str, Any]:
-        """Store a message and deliver it to the room; the stored event.
+        """Store a message (a reply to message ``reply_to``) and deliver it to the room; the
+        stored event.
 
         A repeat of ``client_id`` by the same session in the same room stores and delivers
-        nothing and returns the first event again.
+        nothing and returns the first result again; so do ``edit``, ``delete``, ``react``.
         """
-        return await self.sender.send(session, room, text, client_id)
+        return await self.sender.send(session, room, text, client_id, reply_to)
+
+    async def edit(
+        self, session: Session, room: str, target: Any, text: Any, client_id: Any
+    ) -> dict[str, Any]:
+        """Edit your message ``target``: the edit event. ``no_such_message``, ``not_yours``,
+        ``deleted``, and the send errors."""
+        return await self.sender.edit(session, room, target, text, client_id)
+
+    async def delete(
+        self, session: Session, room: str, target: Any, client_id: Any = None
+    ) -> dict[str, Any]:
+        """Delete message ``target``: the delete event (the first one, if it was deleted
+        already). ``no_such_message``, ``not_yours``."""
+        return await self.sender.delete(session, room, target, client_id)
+
+    async def react(
+        self, session: Session, room: str, target: Any, emoji: Any, on: Any, client_id: Any
+    ) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
+        """Your reaction ``emoji`` on message ``target``, added (``on``) or taken back: the
+        event (None when it changed nothing) and the message's reactions now.
+        ``no_such_message``, ``deleted``, ``bad_emoji``."""
+        return await self.sender.react(session, room, target, emoji, on, client_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -166,6 +191,11 @@ class Chat:
     async def updates(self, room: str, cursor: str | None, limit: int = MAX_UPDATES) -> list[Entry]:
         """Events after ``cursor`` (at most ``limit``), oldest first (see ``Reader.updates``)."""
         return await self.reader.updates(room, cursor, limit)
+
+    async def newcomer_view(self, room: str) -> View:
+        """What a newcomer is shown: the latest ``history_size`` listed events in their
+        current state, the log's cursor to resume from, and whether older ones exist."""
+        return await self.reader.newcomer(room)
 
     async def poll(
         self,
@@ -230,7 +260,7 @@ class Chat:
             by_room.setdefault(event["room"], []).append(event)
         for room, batch in by_room.items():
             if self.rooms.deliver(room, batch) and any(
-                event["type"] != "message" for event in batch
+                event["type"] in kinds.PRESENCE_KINDS for event in batch
             ):
                 self.rooms.presence_changed(room)  # a join or leave: once for the batch
 

@@ -70,6 +70,16 @@ class PollWaiter:
             timer.cancel()
 
 
+class View(list[Entry]):
+    """A newcomer's first answer (no cursor): the current state of the room's latest events.
+    ``cursor`` is where the log stood when it was read: the client resumes from there, not
+    from its last listed event, so the actions after that one are not sent again (they are
+    already in the state shown). ``has_more``: older listed events exist."""
+
+    cursor: str = ""
+    has_more: bool = False
+
+
 class Reader:
     def __init__(
         self, store: EventStore, rooms: Rooms, membership: Membership, history_size: int
@@ -99,7 +109,7 @@ class Reader:
         """
         buffer = await self.open_room(room, cursor)
         if cursor is None:
-            return buffer.latest(self.history_size)
+            return await self._current(room, buffer)
         if cursor > buffer.last_id:
             return []  # issued (open_room checked) but not yet published here
         entries = buffer.since(cursor)
@@ -110,6 +120,31 @@ class Reader:
         except StoreError:
             raise store_unavailable() from None
         return [Entry(e) for e in events]
+
+    async def newcomer(self, room: str) -> View:
+        """The room's latest ``history_size`` listed events in their current state: what
+        the page and a first answer without a cursor show."""
+        return await self._current(room, await self.rooms.get(room))
+
+    async def _current(self, room: str, buffer: MessageBuffer) -> View:
+        view = View()
+        view.cursor = buffer.last_id  # read before anything else can be published
+        held = buffer.current(self.history_size)
+        if held is not None:
+            entries, view.has_more = held
+        else:
+            # Memory holds fewer listed events than a newcomer is shown (the tail is mostly
+            # reactions and edits): one query, bounded by the cursor so nothing newer than
+            # it is in the view and then sent again.
+            try:
+                events = await self.store.listed_before(
+                    room, rules.parse_id(view.cursor) + 1, self.history_size + 1)
+            except StoreError:
+                raise store_unavailable() from None
+            view.has_more = len(events) > self.history_size
+            entries = [Entry(e) for e in events[-self.history_size:]]
+        view.extend(entries)
+        return view
 
     async def poll(
         self,
@@ -160,8 +195,9 @@ class Reader:
             rules.check_cursor(before)
         seq = rules.parse_id(before) if before else None
         try:
-            # One extra tells whether there is more without a second query.
-            events = await self.store.before(room, seq, limit + 1)
+            # One extra tells whether there is more without a second query. Messages come in
+            # their current state; the actions on them are not listed (``kinds``).
+            events = await self.store.listed_before(room, seq, limit + 1)
         except StoreError:
             raise store_unavailable() from None
         has_more = len(events) > limit

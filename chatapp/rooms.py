@@ -142,6 +142,13 @@ class Rooms:
                     break
             self.presence_changed(room)
 
+    async def reactions_of(self, room: str, target: str) -> dict[str, list[str]]:
+        """A message's reactions now, from the store (memory may lag it, in a cluster)."""
+        try:
+            return await self.store.reactions_of(room, target)
+        except StoreError:
+            raise store_unavailable() from None
+
     def evict_idle(self, idle_for: float, in_use: Callable[[str], bool]) -> list[str]:
         """Drop rooms nobody asked for in ``idle_for`` seconds, with no waiter, no queued
         write and not ``in_use`` (someone present); their names."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import emoji as emoji_data
+
 from chatapp.errors import ChatError
 
 # The contract: text is 1-2000 characters. Long enough for a pasted stack trace, short enough
@@ -23,6 +25,19 @@ MAX_CLIENT_ID_CHARS = 64
 # A request or WebSocket frame larger than this cannot carry a valid message (2000 characters
 # of at most 4 UTF-8 bytes, JSON-escaped, plus fields), so it is refused before parsing.
 MAX_BODY_BYTES = 64 * 1024
+
+# A reply quotes the start of what it answers: 140 characters is a line or two, enough to
+# recognise the message, too little to repost it.
+MAX_PREVIEW_CHARS = 140
+# The longest single emoji is a ZWJ family or a tagged flag (about 10 code points); 32 is a
+# cheap bound checked before the lookup.
+MAX_EMOJI_CHARS = 32
+
+# Reactions are stored in their message's document, which MongoDB caps at 16 MB and every
+# page of history carries: a message takes at most 1000 (person, emoji) reactions (about
+# 50 KB), and one person at most 20 of them, so that nobody alone can use the room up.
+MAX_REACTIONS_PER_MESSAGE = 1000
+MAX_REACTIONS_PER_PERSON = 20
 
 DEFAULT_ROOM = "lobby"
 
@@ -106,6 +121,65 @@ def _is_mark(ch: str) -> bool:
 def nick_key(nick: str) -> str:
     """What uniqueness compares: case-insensitive, and "é" typed two ways is one nickname."""
     return unicodedata.normalize("NFKC", nick).casefold()
+
+
+def find_mentions(text: str) -> list[str]:
+    """The nicknames written as ``@nick`` in ``text``: nickname characters after an ``@``
+    that does not follow a letter or digit (``a@b.org`` is no mention), each once (compared
+    as nicknames are, case-insensitively), spelled as first written. A trailing ``.`` or
+    ``-`` ends the sentence, not the nickname."""
+    found: dict[str, str] = {}
+    i = text.find("@")
+    while i != -1:
+        j = i + 1
+        if i == 0 or not (text[i - 1].isalnum() or text[i - 1] in _NICK_PUNCTUATION):
+            while j < len(text) and (text[j].isalnum() or text[j] in _NICK_PUNCTUATION
+                                     or (j > i + 1 and _is_mark(text[j]))):
+                j += 1
+            nick = text[i + 1:j].rstrip(".-")
+            if 1 <= len(nick) <= MAX_NICK_CHARS:
+                found.setdefault(nick_key(nick), nick)
+        i = text.find("@", j)
+    return list(found.values())
+
+
+_FULLY_QUALIFIED = emoji_data.STATUS["fully_qualified"]
+
+
+def check_emoji(value: object) -> str:
+    """One emoji (one emoji grapheme: skin tones, ZWJ sequences, flags, keycaps), as the
+    pinned ``emoji`` package's copy of Unicode's list knows it. Written without its variation
+    selector (``❤`` for ``❤️``), it is stored fully qualified, so both count as one reaction."""
+    if isinstance(value, str) and 1 <= len(value) <= MAX_EMOJI_CHARS:
+        for candidate in (value, value[:1] + "\ufe0f" + value[1:], value + "\ufe0f"):
+            entry = emoji_data.EMOJI_DATA.get(candidate)
+            if entry is not None and entry["status"] == _FULLY_QUALIFIED:
+                return candidate
+    raise ChatError("bad_emoji", "A reaction is one emoji.", 400)
+
+
+def check_on(on: object) -> bool:
+    """A reaction's ``on``: true (add yours) or false (take it back); absent means true."""
+    if on is None:
+        return True
+    if not isinstance(on, bool):
+        raise ChatError("bad_reaction", '"on" must be true or false.', 400)
+    return on
+
+
+def check_target(target: object) -> str:
+    """A message id as a target: anything that is not an id names no message."""
+    if isinstance(target, str) and _ID_RE.fullmatch(target):
+        return target
+    raise ChatError("no_such_message", "There is no such message in this room.", 404)
+
+
+def check_reply_to(reply_to: object) -> str | None:
+    if reply_to is None:
+        return None
+    if isinstance(reply_to, str) and _ID_RE.fullmatch(reply_to):
+        return reply_to
+    raise ChatError("bad_reply", "reply_to must be the id of a message in this room.", 400)
 
 
 def check_client_id(client_id: object) -> str:

@@ -6,8 +6,10 @@ own async client touches this file alone.
 
 Collections:
 
-- ``events``: one document per event, ``{room, seq, type, nick, text?, ts, sid?, cid?}``. The
-  public id is ``seq`` zero-padded (see ``rules.format_id``).
+- ``events``: one document per event, ``{room, seq, type, nick, ts, sid?, cid?}`` and its
+  kind's fields (``kinds``). The public id is ``seq`` zero-padded (see ``rules.format_id``).
+  A message's document holds its current state: an edit, delete or reaction updates it in the
+  transaction that inserts the action (see "actions on messages" below).
 - ``counters``: ``{_id: room, seq}``, the last sequence number handed out in a room.
 - ``sessions``: ``{_id: sid, nick, nick_key, expires_at}``; a unique index on ``nick_key``
   makes nickname uniqueness hold however many app processes share the database.
@@ -29,14 +31,16 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from chatapp.rules import format_id
+from chatapp import kinds
+from chatapp.errors import ChatError
+from chatapp.rules import format_id, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +74,23 @@ def connect(uri: str, timeout: float) -> AsyncIOMotorClient:
 
 
 def to_event(doc: dict[str, Any]) -> dict[str, Any]:
-    """The public form of a stored event (the contract's shape, no internal fields)."""
-    event = {
-        "id": format_id(doc["seq"]),
-        "room": doc["room"],
-        "type": doc["type"],
-        "nick": doc["nick"],
-        "ts": doc["ts"],
-    }
-    if "text" in doc:
-        event["text"] = doc["text"]
-    return event
+    """The public form of a stored event (the contract's shape, no internal fields): what
+    its kind shows (``kinds.public``)."""
+    return kinds.public(dict(doc, id=format_id(doc["seq"])))
 
 
 @dataclass
 class Appended:
-    """What ``append`` did with one new event: stored it now, or found it stored before."""
+    """What ``append`` did with one new event: stored it now, or found it stored before.
 
-    event: dict[str, Any]
+    For an action on a message (``kinds``), also: ``refusal``, the error when its target's
+    state refused it (nothing stored, ``event`` None); ``reactions``, the target's reactions
+    after a reaction (``event`` None when the reaction changed nothing)."""
+
+    event: dict[str, Any] | None
     is_new: bool
+    refusal: ChatError | None = None
+    reactions: dict[str, list[str]] | None = None
 
 
 class EventStore:
@@ -112,6 +114,14 @@ class EventStore:
             [("room", ASC), ("sid", ASC), ("cid", ASC)],
             unique=True,
             partialFilterExpression={"cid": {"$exists": True}},
+        )
+        # Actions on a message: what a delete scrubs (its edits, replies quoting it).
+        await self.events.create_index(
+            [("room", ASC), ("target", ASC)], partialFilterExpression={"target": {"$exists": True}}
+        )
+        await self.events.create_index(
+            [("room", ASC), ("reply_to", ASC)],
+            partialFilterExpression={"reply_to": {"$exists": True}},
         )
         await self.sessions.create_index("nick_key", unique=True)
         await self.sessions.create_index("expires_at")
@@ -144,6 +154,10 @@ class EventStore:
             found = await self._find_sent(room, docs, session)
             fresh = [d for d in docs if _send_key(d) not in found]
             results: dict[int, Appended] = {}
+            # Actions and replies, decided against their targets' state in this transaction.
+            changes = await self._decide_on_targets(room, fresh, session)
+            results.update(changes.answers)
+            fresh = changes.accepted
             if fresh:
                 counter = await self.counters.find_one_and_update(
                     {"_id": room},
@@ -156,7 +170,10 @@ class EventStore:
                 rows = [dict(d, room=room, seq=first + i) for i, d in enumerate(fresh)]
                 await self.events.insert_many(rows, ordered=True, session=session)
                 for doc, row in zip(fresh, rows):
-                    results[id(doc)] = Appended(to_event(row), True)
+                    results[id(doc)] = Appended(
+                        to_event(row), True, reactions=changes.reactions.get(id(doc))
+                    )
+                await self._save_targets(room, changes, results, session)
             return [
                 results.get(id(d)) or Appended(found[_send_key(d)], False) for d in docs
             ]
@@ -242,6 +259,124 @@ class EventStore:
     async def last_seq(self, room: str) -> int:
         counter = await self.counters.find_one({"_id": room})
         return counter["seq"] if counter else 0
+
+    # -- actions on messages: the target's current state, in the append's transaction --------
+    #
+    # A message's document holds its current state (``kinds``): every edit, delete and
+    # reaction updates it in the transaction that inserts the action, so a page of history is
+    # one query. Decisions are made here, on the state this transaction reads: two actions on
+    # one message (a delete and an edit from two tabs) cannot both pass on a stale state,
+    # since every append of the room also writes its counter, and MongoDB lets only one of two
+    # concurrent transactions commit it (the other retries from a fresh read).
+
+    async def _decide_on_targets(
+        self, room: str, docs: list[dict[str, Any]], session: Any
+    ) -> _TargetChanges:
+        """Which of ``docs`` (new, in order) are stored, and what they change: replies get
+        their preview, actions their verdict (``kinds.decide``), each against the state the
+        actions before it in the batch left."""
+        changes = _TargetChanges()
+        wanted = {parse_id(d[f]) for d in docs for f in ("target", "reply_to") if d.get(f)}
+        if not wanted:
+            changes.accepted = docs
+            return changes
+        targets = {
+            row["seq"]: row
+            async for row in self.events.find(
+                {"room": room, "seq": {"$in": sorted(wanted)}}, session=session
+            )
+        }
+        first_delete: dict[str, dict[str, Any]] = {}  # target -> this batch's delete of it
+        for doc in docs:
+            if doc.get("reply_to"):
+                target = targets.get(parse_id(doc["reply_to"]))
+                if target is None or target.get("type") != "message":
+                    changes.answers[id(doc)] = Appended(None, False, refusal=ChatError(
+                        "bad_reply", "reply_to must be the id of a message in this room.", 400))
+                    continue
+                doc["reply_preview"] = kinds.preview_of(target)
+            if kinds.targets(doc):
+                seq = parse_id(doc["target"])
+                verdict = kinds.decide(doc, targets.get(seq))
+                if verdict.refusal is not None:
+                    changes.answers[id(doc)] = Appended(None, False, refusal=verdict.refusal)
+                    continue
+                if verdict.noop:
+                    current = targets[seq].get("reactions", {})
+                    changes.answers[id(doc)] = Appended(None, False, reactions=current)
+                    continue
+                if verdict.already_deleted:
+                    if doc["target"] in first_delete:  # deleted earlier in this batch
+                        changes.repeats.append((doc, first_delete[doc["target"]]))
+                    else:
+                        changes.answers[id(doc)] = await self._delete_event_of(
+                            room, doc["target"], session)
+                    continue
+                assert verdict.state is not None
+                targets[seq] = changes.states[seq] = verdict.state
+                if doc["type"] == "delete":
+                    first_delete[doc["target"]] = doc
+                    changes.deleted.append(doc["target"])
+                elif doc["type"] == "reaction":
+                    changes.reactions[id(doc)] = verdict.state.get("reactions", {})
+            changes.accepted.append(doc)
+        return changes
+
+    async def _delete_event_of(self, room: str, target: str, session: Any) -> Appended:
+        row = await self.events.find_one(
+            {"room": room, "type": "delete", "target": target}, session=session
+        )
+        if row is None:  # a tombstone without its delete event: not made by this code
+            return Appended(None, False, refusal=ChatError(
+                "deleted", "That message was deleted.", 409))
+        return Appended(to_event(row), False)
+
+    async def _save_targets(
+        self, room: str, changes: _TargetChanges, results: dict[int, Appended], session: Any
+    ) -> None:
+        """Write the targets' new states, and take a deleted message's text out of what
+        quotes it: its edit events and the previews of replies to it (``kinds.scrub``)."""
+        for seq, state in changes.states.items():
+            update: dict[str, Any] = {}
+            kept = {f: state[f] for f in _STATE_FIELDS if f in state}
+            gone = {f: "" for f in _STATE_FIELDS if f not in state}
+            if kept:
+                update["$set"] = kept
+            if gone:
+                update["$unset"] = gone
+            await self.events.update_one({"room": room, "seq": seq}, update, session=session)
+        for target in changes.deleted:
+            await self.events.update_many(
+                {"room": room, "type": "edit", "target": target},
+                {"$unset": {"text": "", "mentions": ""}}, session=session,
+            )
+            await self.events.update_many(
+                {"room": room, "reply_to": target, "reply_preview.deleted": {"$ne": True}},
+                {"$unset": {"reply_preview.text": ""}, "$set": {"reply_preview.deleted": True}},
+                session=session,
+            )
+        for doc, first in changes.repeats:
+            results[id(doc)] = Appended(results[id(first)].event, False)
+
+    async def listed_before(
+        self, room: str, seq: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` events just below ``seq`` (or the latest) of the kinds the
+        current-state views list (messages, in their current state; joins, leaves), oldest
+        first. Actions on messages are left out: their effect is in the messages."""
+        query: dict[str, Any] = {"room": room, "type": {"$nin": kinds.UNLISTED}}
+        if seq is not None:
+            query["seq"] = {"$lt": seq}
+        cursor = self.events.find(query).sort("seq", DESC).limit(limit)
+        rows = await cursor.to_list(limit)
+        return [to_event(r) for r in reversed(rows)]
+
+    async def reactions_of(self, room: str, target: str) -> dict[str, list[str]]:
+        """A message's reactions now ({} if none, or no such message)."""
+        row = await self.events.find_one(
+            {"room": room, "seq": parse_id(target)}, {"reactions": 1}
+        )
+        return (row or {}).get("reactions", {})
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -474,6 +609,22 @@ class EventStore:
 
     async def present_nicks(self, room: str, now: float) -> list[str]:
         return await self.members.distinct("nick", {"room": room, "until_max": {"$gt": now}})
+
+
+# A message's fields that actions change (``kinds.apply``): written back whole.
+_STATE_FIELDS = ("text", "mentions", "reply_to", "reply_preview", "edited", "deleted", "reactions")
+
+
+@dataclass
+class _TargetChanges:
+    """What a batch's actions and replies decided (``_decide_on_targets``)."""
+
+    accepted: list[dict[str, Any]] = field(default_factory=list)  # to store, in order
+    answers: dict[int, Appended] = field(default_factory=dict)  # id(doc) -> not stored
+    states: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> new state
+    deleted: list[str] = field(default_factory=list)  # ids of messages deleted now
+    reactions: dict[int, dict[str, list[str]]] = field(default_factory=dict)  # id(doc) ->
+    repeats: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
 def _member_id(room: str, sid: str) -> str:

@@ -166,7 +166,8 @@ class RoomWriter:
                     self._answer(late, [None] * len(late))
                     results = await self._read_back(docs)
                     batch, results = self._retry_unstored(batch, results, loop.time())
-                await self._publish_in_order([r.event for r in results if r and r.is_new])
+                await self._publish_in_order(
+                    [r.event for r in results if r and r.is_new and r.event is not None])
                 self._answer(batch, results)
         finally:
             self._task = None

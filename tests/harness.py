@@ -142,7 +142,7 @@ class Client:
         if self.cookies:
             hdrs["Cookie"] = self._cookie_header()
         data = None
-        if method in ("POST", "DELETE", "PUT"):
+        if method in ("POST", "DELETE", "PUT", "PATCH"):
             if xsrf:
                 if "_xsrf" not in self.cookies:
                     await self.request("GET", "/api/session")

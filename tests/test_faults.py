@@ -629,7 +629,8 @@ async def test_a_reader_that_stops_reading_is_closed_and_costs_bounded_memory(se
             peak = max(peak, len(conn.stream._write_buffer))
     closed_after = sent
     # Gone from the room: no longer woken, no longer counted as a connection.
-    dropped_in = await eventually(lambda: handler not in buffer.waiting(), "the slow socket dropped")
+    dropped_in = await eventually(lambda: handler not in buffer.waiting(),
+                                  "the slow socket dropped")
     slowest_round = max(slowest_round, await send_round(sent, batch))  # the room goes on
     sent += batch
     sent_total = sent

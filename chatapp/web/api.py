@@ -9,7 +9,7 @@ import tornado.web
 from chatapp import rules
 from chatapp.buffer import Batch
 from chatapp.errors import ChatError
-from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter
+from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, View
 from chatapp.store import StoreError
 from chatapp.web.base import JSONHandler
 
@@ -43,13 +43,52 @@ class SessionAPI(JSONHandler):
 
 
 class MessagesAPI(JSONHandler):
-    """``POST /api/rooms/<room>/messages``: send over plain HTTP."""
+    """``POST /api/rooms/<room>/messages``: send (or reply) over plain HTTP."""
 
     async def post(self, room: str) -> None:
         session = await self.require_session()
         fields = self.body_fields()
-        event = await self.chat.send(session, room, fields.get("text"), fields.get("client_id"))
+        event = await self.chat.send(session, room, fields.get("text"), fields.get("client_id"),
+                                     fields.get("reply_to"))
         self.write_json({"event": event})
+
+
+class MessageAPI(JSONHandler):
+    """``PATCH`` (edit) and ``DELETE`` ``/api/rooms/<room>/messages/<id>``."""
+
+    async def patch(self, room: str, target: str) -> None:
+        session = await self.require_session()
+        fields = self.body_fields()
+        event = await self.chat.edit(session, room, target, fields.get("text"),
+                                     fields.get("client_id"))
+        self.write_json({"event": event})
+
+    async def delete(self, room: str, target: str) -> None:
+        session = await self.require_session()
+        # A DELETE may carry no body: the client_id, if any, in one or in the query string.
+        client_id = self.get_query_argument("client_id", None)
+        if self.request.body:
+            client_id = self.body_fields().get("client_id", client_id)
+        event = await self.chat.delete(session, room, target, client_id)
+        self.write_json({"event": event})
+
+
+class ReactionsAPI(JSONHandler):
+    """``POST /api/rooms/<room>/messages/<id>/reactions`` ``{"emoji", "on", "client_id"}``."""
+
+    async def post(self, room: str, target: str) -> None:
+        session = await self.require_session()
+        fields = self.body_fields()
+        event, reactions = await self.chat.react(
+            session, room, target, fields.get("emoji"), _form_bool(fields.get("on")),
+            fields.get("client_id"),
+        )
+        self.write_json({"event": event, "reactions": reactions})
+
+
+def _form_bool(value: object) -> object:
+    """A form body's "true"/"false" as JSON's; anything else as it came (the rules judge)."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
 
 
 class UpdatesAPI(JSONHandler):
@@ -73,7 +112,10 @@ class UpdatesAPI(JSONHandler):
             raise ChatError("no_session", "The session has ended.", 401)
         # The events were encoded once when published (and a woken batch joined once for all
         # its waiters): splice them, don't re-encode.
-        new_cursor = entries[-1].id if entries else (cursor or "")
+        if isinstance(entries, View):
+            new_cursor = entries.cursor  # the log's end: what the view already shows
+        else:
+            new_cursor = entries[-1].id if entries else (cursor or "")
         events = entries.json_array if isinstance(entries, Batch) else ",".join(
             e.json for e in entries
         )

@@ -1,8 +1,8 @@
 """The WebSocket transport: ``GET /api/rooms/<room>/ws?cursor=<id>``.
 
 One connection is one waiter on its room's ``MessageBuffer``: it is woken with every published
-entry and writes the entry's pre-built frame. Sends come in as ``{"type": "send", ...}`` frames
-and go through the same ``Chat.send`` as ``POST .../messages``.
+entry and writes the entry's pre-built frame. Sends and actions come in as ``send``, ``edit``,
+``delete`` and ``react`` frames and go through the same ``Chat`` methods as the HTTP API.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import tornado.websocket
@@ -19,6 +20,7 @@ from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedErr
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.reading import View
 from chatapp.rooms import MAX_UPDATES
 from chatapp.sessions import Session
 from chatapp.store import StoreError
@@ -33,6 +35,10 @@ MAX_PENDING_OUTPUT = 1024 * 1024
 # Close codes: 1001 "going away" on shutdown, 1008 "policy violation" for a logged-out
 # session, 1013 "try again later" for a client too slow to keep up, or refused for now.
 CLOSE_TRY_LATER, CLOSE_SESSION_ENDED = 1013, 1008
+
+
+# A client frame's handler: the frame in, the ack's fields out (ChatError for a refusal).
+Action = Callable[["RoomSocket", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
@@ -114,6 +120,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         while True:
             entries = await self.chat.updates(self.room, cursor)
             await self._write_backlog(entries)
+            if isinstance(entries, View) and entries.cursor > self.last_id:
+                self.last_id = entries.cursor  # the view shows the state up to there
             if self.closed or cursor is None or len(entries) < MAX_UPDATES:
                 break
             cursor = self.last_id
@@ -233,20 +241,49 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         except (ValueError, UnicodeDecodeError, RecursionError):
             self._send_error(ChatError("bad_frame", "That frame is not valid JSON."))
             return
-        if not isinstance(frame, dict) or frame.get("type") != "send":
-            self._send_error(
-                ChatError("bad_frame", 'Frames must be {"type": "send", "text", "client_id"}.')
-            )
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        act = self._ACTIONS.get(kind) if isinstance(kind, str) else None
+        if act is None:  # an unknown frame type, or not an object
+            self._send_error(ChatError(
+                "bad_frame", 'Frames are {"type": "send" | "edit" | "delete" | "react", ...}.'))
             return
-        asyncio.ensure_future(self._send(frame.get("text"), frame.get("client_id")))
+        asyncio.ensure_future(self._act(act, frame))
 
-    async def _send(self, text: Any, client_id: Any) -> None:
+    # One entry per client frame type: what it asks of the core, and its ack's fields.
+    async def _send(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"event": await self.chat.send(
+            self.session, self.room, f.get("text"), f.get("client_id"), f.get("reply_to"))}
+
+    async def _edit(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"event": await self.chat.edit(
+            self.session, self.room, f.get("target"), f.get("text"), f.get("client_id"))}
+
+    async def _delete(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"event": await self.chat.delete(
+            self.session, self.room, f.get("target"), f.get("client_id"))}
+
+    async def _react(self, f: dict[str, Any]) -> dict[str, Any]:
+        event, reactions = await self.chat.react(
+            self.session, self.room, f.get("target"), f.get("emoji"), f.get("on"),
+            f.get("client_id"))
+        return {"event": event, "reactions": reactions}
+
+    _ACTIONS: ClassVar[dict[str, Action]] = {
+        "send": _send, "edit": _edit, "delete": _delete, "react": _react,
+    }
+
+    async def _act(
+        self,
+        act: Action,
+        frame: dict[str, Any],
+    ) -> None:
+        client_id = frame.get("client_id")
         try:
-            event = await self.chat.send(self.session, self.room, text, client_id)
+            answer = await act(self, frame)
         except ChatError as exc:
             self._send_error(exc, client_id)
             return
-        self.write_frame(encode({"type": "ack", "client_id": client_id, "event": event}))
+        self.write_frame(encode({"type": "ack", "client_id": client_id, **answer}))
 
     def _send_error(self, exc: ChatError, client_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "error": exc.code, "message": exc.message}
