@@ -122,6 +122,10 @@
         var emoji = c.trim(input.value);
         e.preventDefault();
         if (!emoji) { return; }
+        if (c.countChars(emoji) > ctx.limits.max_emoji) {
+          hooks.notice(t("picker.not.one"));
+          return;
+        }
         closePanel(from);
         react(li, emoji);
       });

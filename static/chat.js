@@ -70,7 +70,7 @@
       api: "/api/rooms/" + encodeURIComponent(room),
       cursor: data.cursor || "",
       hasMore: !!data.has_more,
-      limits: data.limits || { max_text: 2000 },
+      limits: data.limits || { max_text: 2000, max_preview: 140, max_emoji: 32 },
       scroller: c.byId("scroller"),
       olderList: c.byId("older"),
       log: c.byId("log"),

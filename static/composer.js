@@ -3,8 +3,8 @@
  * new line), the character counter, replying (a bar above the field; Escape cancels), and
  * Up arrow in an empty composer to edit your last message.
  *
- * The limit shown is the server's (ctx.limits.max_text, from chatapp/rules.py through the
- * page data), counted in code points as the server counts.
+ * The limits are the server's (ctx.limits: max_text, max_preview, from chatapp/rules.py
+ * through the page data), counted in code points as the server counts.
  *
  * chatapp.Composer(ctx, hooks) -> {start, replyTo, value, setDraft, putBack, focus, clear}
  * hooks: outbox(), view(), actions(), announce(text).
@@ -17,7 +17,6 @@
   var t = chatapp.t;
 
   var COUNTER_SHARE = 0.9;         // show the character counter from 90% of the limit on
-  var PREVIEW_CHARS = 140;         // a pending reply quotes this much (the server's preview)
 
   chatapp.Composer = function (ctx, hooks) {
     var form = ctx.form;
@@ -25,6 +24,7 @@
     var counter = ctx.counter;
     var error = ctx.composerError;
     var max = ctx.limits.max_text;
+    var previewChars = ctx.limits.max_preview;   // a pending reply quotes what the server will
     var replying = null;     // the message being answered: {id, nick, text}
     var bar = null, barText = null;
 
@@ -69,7 +69,7 @@
       if (!msg || msg.deleted) { return; }
       replying = { id: msg.id, nick: msg.nick, text: msg.text || "" };
       c.setText(barText, t("composer.replying", { nick: msg.nick }) + ": " +
-        replying.text.slice(0, PREVIEW_CHARS));
+        replying.text.slice(0, previewChars));
       c.show(bar, true);
       input.focus();
       hooks.announce(t("announce.replying", { nick: msg.nick }));
@@ -96,7 +96,7 @@
       fields = { kind: "send", text: text };
       if (replying) {
         fields.reply_to = replying.id;
-        fields.reply_preview = { nick: replying.nick, text: replying.text.slice(0, PREVIEW_CHARS) };
+        fields.reply_preview = { nick: replying.nick, text: replying.text.slice(0, previewChars) };
       }
       item = hooks.outbox().add(fields);
       hooks.view().addPending(item);

@@ -84,6 +84,7 @@
     "picker.other": "Other emoji",
     "picker.add": "Add",
     "picker.close": "Close",
+    "picker.not.one": "A reaction is one emoji.",
     "picker.emoji.label": "React with {emoji}",
     "edit.label": "New text of your message",
     "edit.hint": "Enter to save \u00b7 Escape to cancel",

@@ -49,7 +49,12 @@ class JoinPage(BaseHandler):
 def page_limits() -> dict[str, int]:
     """The limits the page repeats to people (the composer's counter, the edit box), taken
     from the rules so that a limit changes in one place."""
-    return {"max_text": rules.MAX_TEXT_CHARS, "max_nick": rules.MAX_NICK_CHARS}
+    return {
+        "max_text": rules.MAX_TEXT_CHARS,
+        "max_nick": rules.MAX_NICK_CHARS,
+        "max_preview": rules.MAX_PREVIEW_CHARS,
+        "max_emoji": rules.MAX_EMOJI_CHARS,
+    }
 
 
 # Inside <script type="application/json"> nothing is decoded: "</script>" or "<!--" in a
@@ -84,17 +89,16 @@ class RoomPage(BaseHandler):
         if session is None:
             self.redirect("/?" + urlencode({"room": room}))
             return
-        entries = await self.chat.updates(room, None)
-        buffer = await self.chat.room(room)
-        events = [e.event for e in entries]
-        # Older events exist when the buffer does not reach back to the room's start, or
-        # holds more than the page shows.
-        has_more = bool(buffer.floor) or len(buffer.entries) > len(events)
+        # The messages in their current state, and the log's cursor when they were read: the
+        # script resumes from there, so the actions already shown are not sent again.
+        view = await self.chat.newcomer_view(room)
+        events = [e.event for e in view]
+        has_more = view.has_more
         nicks = await self.chat.present(room)
         data = {
             "room": room,
             "nick": session.nick,
-            "cursor": events[-1]["id"] if events else "",
+            "cursor": view.cursor,
             "has_more": has_more,
             "events": events,
             "nicks": nicks,
