@@ -45,6 +45,8 @@
     if (msg.deleted || typeof ev.text !== "string") { return false; }
     msg.text = ev.text;
     msg.edited = ev.ts;
+    // The server finds the mentions of the new text (API.md): they replace the old ones.
+    if (ev.mentions && ev.mentions.length) { msg.mentions = ev.mentions; } else { delete msg.mentions; }
     return true;
   }
 
@@ -196,6 +198,7 @@
     node = li.getElementsByTagName("p")[0];   // the meta line: everything goes after it
     next = node ? node.nextSibling : li.firstChild;
     c.toggleClass(li, "deleted", !!msg.deleted);
+    c.toggleClass(li, "mentions-me", mentions(msg, me));
     if (msg.reply_to && !msg.deleted) {
       li.insertBefore(replyRef(msg.reply_to, msg.reply_preview), next);
     }
@@ -220,6 +223,16 @@
       node = findChip(li, focusedEmoji);
       if (node) { node.focus(); }
     }
+  }
+
+  // Does the message name me (@nick)? Nicknames compare case-insensitively (a close
+  // approximation of the server's NFKC casefold, enough for a highlight).
+  function mentions(msg, me) {
+    var i, list = msg.mentions || [];
+    for (i = 0; i < list.length; i++) {
+      if (String(list[i]).toLowerCase() === me.toLowerCase()) { return true; }
+    }
+    return false;
   }
 
   function findChip(li, emoji) {

@@ -198,14 +198,18 @@ def test_reply_edit_delete_react_live_and_after_being_away(
     act(linh, line(linh, "hello there"), "Reply")
     expect(linh.page.locator("#reply-bar")).to_contain_text("hello there")
     announced(linh, f"Replying to {maya.nick}. Escape cancels.")
-    linh.composer.fill("hi maya")
+    answer = f"hi @{maya.nick}"
+    linh.composer.fill(answer)
     linh.composer.press("Enter")
     expect(linh.page.locator("#reply-bar")).to_be_hidden()
     for person in (maya, linh):
-        reply = line(person, "hi maya")
+        reply = line(person, answer)
         expect(reply.locator(".reply-ref")).to_contain_text("hello there")
         expect(reply.locator(".reply-ref")).to_contain_text(maya.nick)
-    line(maya, "hi maya").locator(".reply-ref").click()
+    # It names Maya: her page marks it, Linh's does not.
+    expect(line(maya, answer)).to_have_class(re.compile(r"\bmentions-me\b"))
+    expect(line(linh, answer)).not_to_have_class(re.compile(r"\bmentions-me\b"))
+    line(maya, answer).locator(".reply-ref").click()
     expect(line_by_id(maya, hello)).to_be_focused()
 
     # An edit, in place: Enter saves.
