@@ -115,7 +115,7 @@
       input.setAttribute("size", "8");
       form.appendChild(label);
       form.appendChild(input);
-      form.appendChild(c.button(t("picker.add"), "btn btn-small", null));
+      form.appendChild(c.button(t("picker.add"), "btn btn-quiet btn-small", null));
       form.lastChild.type = "submit";
       form.appendChild(c.button(t("picker.close"), "link-button", function () { closePanel(from); }));
       c.on(form, "submit", function (e) {

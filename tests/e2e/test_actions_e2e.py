@@ -394,3 +394,42 @@ def test_a_reply_to_an_old_message_loads_history_to_show_it(
     original = line_by_id(maya, first["id"])
     expect(original).to_be_focused(timeout=WAIT_MS)
     expect(original.locator(".text")).to_have_text("the very first")
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def test_a_refused_action_says_why_and_the_message_stays_as_it_is(
+    app_server: AppServer, people: Any
+) -> None:
+    room = unique("room")
+    maya = people(app_server, "maya", room, websocket=False).join()
+    linh = people(app_server, "linh", room).join()
+    maya.say("keep me")
+    linh.wait_for_message("keep me")
+    kept = line(maya, "keep me")
+
+    # Not one emoji: the server refuses (400 bad_emoji); no chip anywhere.
+    act(maya, kept, f"React to the message by {maya.nick}")
+    other = maya.page.get_by_label("Other emoji")
+    other.fill("abc")
+    other.press("Enter")
+    expect(maya.page.locator("#notice")).to_contain_text("A reaction is one emoji")
+    announced(maya, re.compile("That did not work"))
+
+    # An edit the server refuses (here: answered 409 deleted on the way): the text shown
+    # while saving goes back to the stored one.
+    def refuse(route: Any) -> None:
+        route.fulfill(status=409, content_type="application/json",
+                      body='{"error": "deleted", "message": "That message was deleted."}')
+
+    maya.page.route("**/api/rooms/*/messages/*", refuse)
+    act(maya, kept, "Edit your message")
+    box = editor(kept)
+    box.fill("changed")
+    box.press("Enter")
+    expect(maya.page.locator("#notice")).to_contain_text("That message was deleted.")
+    expect(kept.locator(".text")).to_have_text("keep me")
+    expect(kept).not_to_have_class(re.compile(r"\bsaving\b"))
+    maya.page.unroute("**/api/rooms/*/messages/*")
+    assert caught_up(app_server, room, maya, linh)[-1]["reactions"] == {}
