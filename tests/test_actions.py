@@ -416,3 +416,36 @@ async def test_reactions_per_person_and_per_message_are_bounded(servers, transpo
     assert sum(map(len, current(await history(an.client), message["id"])["reactions"]
                    .values())) == 22
     close(an, bo)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_reply_to_a_deleted_message_quotes_no_text(servers):
+    an, bo = await pair(servers, "http")
+    message = (await an.send("gone soon")).ok()
+    (await an.delete(message["id"])).ok()
+    reply = (await bo.send("too late", reply_to=message["id"])).ok()
+    assert reply["reply_preview"] == {"nick": "an", "deleted": True}
+    close(an, bo)
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_an_event_of_a_kind_this_version_does_not_know_is_shown_by_its_base_fields(
+        servers):
+    """A newer version in the same cluster (a rolling upgrade) may store kinds this one does
+    not know: they are read, listed and resumed with their base fields, and change nothing."""
+    srv = await servers.start()
+    an = await Actor.join(srv, "an", "http")
+    message = (await an.send("before")).ok()
+    # The one look inside: written as a newer version's writer would.
+    await srv.store.append(ROOM, [{"type": "poll", "nick": "cy", "ts": 1.0, "target": message["id"],
+                                   "question": "lunch?", "sid": "s", "cid": "c"}])
+    await srv.stop()
+    srv = await servers.start(port=srv.port)  # loads the room again, the new kind with it
+    after = (await an.send("after")).ok()
+    for events in ((await poll(an.client, message["id"]))[0], await history(an.client),
+                   (await poll(an.client, None))[0]):
+        unknown = [e for e in events if e["type"] == "poll"]
+        assert len(unknown) == 1 and set(unknown[0]) == {"id", "room", "type", "nick", "ts"}
+        assert current(events, after["id"])["text"] == "after"
+    assert current(await history(an.client), message["id"])["text"] == "before"
+    close(an)

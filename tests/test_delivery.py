@@ -5,7 +5,7 @@ and WebSockets. Nothing sleeps to wait for an event: readers wait for the frame 
 they expect, and "nothing more, no duplicate" is proven by a marker message sent afterwards
 being the very next thing received. The only sleeps let a configured timeout (grace period,
 unused-session TTL) elapse. The one look inside the server is the count of parked long-polls
-(``MessageBuffer.waiters``): a client cannot see when its request is parked.
+(``MessageBuffer.waiting()``): a client cannot see when its request is parked.
 """
 
 from __future__ import annotations
