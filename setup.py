@@ -24,6 +24,9 @@ setup(
     # package so that an installed chatapp finds them from any working directory.
     package_dir={"chatapp._templates": "templates", "chatapp._static": "static"},
     package_data={
+        # The gettext catalogues' sources; chatapp/web/locale.py compiles the .mo files from
+        # them with Babel at first load (never committed, never shipped stale).
+        "chatapp": ["locale/*.pot", "locale/*/LC_MESSAGES/*.po"],
         "chatapp._templates": files_under("templates"),
         "chatapp._static": files_under("static"),
     },
