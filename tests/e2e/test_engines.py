@@ -165,3 +165,45 @@ def test_right_to_left_message_is_drawn_on_the_right(
     linh.wait_for_message(LATIN)
     assert_right_to_left(linh.message_box(ARABIC))
     assert_left_to_right(linh.message_box(LATIN))
+
+
+def page_language(person: WebPerson) -> Any:
+    return person.script(
+        "return [document.documentElement.lang,"
+        " window.chatappI18n ? window.chatappI18n.lang : null];")
+
+
+def test_page_in_the_browsers_language_and_the_switch(
+    app_server: AppServer, web_people: Any
+) -> None:
+    """A browser set to Russian gets the page in Russian; the switch changes it to
+    Vietnamese, and the choice outlasts a reload and the way into the room."""
+    from selenium.webdriver.common.by import By
+
+    room = unique("room")
+    anna = web_people(app_server, "anna", room, language="ru-RU")
+    anna.driver.get(f"{app_server.url}/?room={room}")
+    anna.until(lambda d: page_language(anna) == ["ru", "ru"], "the page in Russian")
+    assert anna.driver.find_element(By.CSS_SELECTOR, "label[for=nick]").text == "Ник"
+    assert anna.driver.find_element(By.CSS_SELECTOR, "#join-form button").text == "Войти"
+
+    anna.driver.find_element(By.CSS_SELECTOR, ".lang-switch button[value=vi]").click()
+    anna.until(lambda d: page_language(anna) == ["vi", "vi"], "the page in Vietnamese")
+    assert anna.driver.current_url.endswith(f"/?room={room}")  # back where she was
+    assert anna.driver.find_element(By.CSS_SELECTOR, "label[for=nick]").text == "Biệt danh"
+    anna.join()
+    assert page_language(anna) == ["vi", "vi"]
+    send = anna.driver.find_element(By.ID, "send")
+    assert send.text == "Gửi"
+    # static/i18n.js: the catalogue's plural rule, English for what has no translation.
+    anna.driver.find_element(By.CSS_SELECTOR, ".lang-switch button[value=ru]").click()
+    anna.until(lambda d: page_language(anna) == ["ru", "ru"], "the room in Russian")
+    anna.wait_connected()
+    assert anna.script(
+        "var i = window.chatappI18n; return [1, 2, 5, 11, 21, 112, 1001, 1002].map(i.pluralIndex);"
+    ) == [0, 1, 2, 2, 0, 2, 0, 1]
+    assert anna.script(
+        "return window.chatappI18n.tn('{n} new line', '{n} new lines', 3, {x: 1});"
+    ) == "3 new lines"
+    shown = anna.script("return window.chatappI18n.time(new Date(2026, 0, 2, 7, 8, 9));")
+    assert shown.replace("\u200e", "") in ("07:08:09", "7:08:09"), shown

@@ -27,7 +27,9 @@ to use long-polling the way a real one is: through a proxy that refuses WebSocke
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,9 +92,16 @@ def engine_missing(engine: str) -> str | None:
 
 
 class VirtualDisplay:
-    """An ``Xvfb`` X server on a display number it chooses itself; ``stop()`` ends it."""
+    """An ``Xvfb`` X server on a display number it chooses itself; ``stop()`` ends it.
+
+    It also keeps the C library locales WebKitGTK needs for a language (``locale_env``):
+    WebKitGTK takes its Accept-Language from the process's locale (LANG), and ignores one the
+    C library does not have -- Debian installs only C.UTF-8 -- so each one asked for is
+    compiled with ``localedef`` into a private directory (LOCPATH), not into the system.
+    """
 
     def __init__(self) -> None:
+        self.locales = Path(tempfile.mkdtemp(prefix="chatapp-test-locales-"))
         read_end, write_end = os.pipe()
         try:
             self.process = subprocess.Popen(
@@ -119,7 +128,18 @@ class VirtualDisplay:
             return ""
         return (err or b"").decode(errors="replace")[-2000:]
 
+    def locale_env(self, language: str) -> dict[str, str]:
+        """LANG and LOCPATH that make WebKitGTK ask for ``language`` ("ru-RU") first."""
+        name = language.replace("-", "_") + ".UTF-8"
+        if not (self.locales / name).exists():
+            subprocess.run(
+                ["localedef", "-i", name.split(".")[0], "-f", "UTF-8", str(self.locales / name)],
+                check=True, capture_output=True, timeout=120,
+            )
+        return {"LANG": name, "LOCPATH": str(self.locales)}
+
     def stop(self) -> None:
+        shutil.rmtree(self.locales, ignore_errors=True)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -177,9 +197,9 @@ def start_driver(engine: str, display: VirtualDisplay | None, language: str = "e
         options = webdriver.WebKitGTKOptions()
         options.binary_location = MINIBROWSER
         options.add_argument("--automation")
-        # WebKitGTK takes its Accept-Language from the process's locale settings.
-        env = {**os.environ, "DISPLAY": display.display,
-               "LANGUAGE": language.replace("-", "_"), "GDK_BACKEND": "x11"}
+        env = {**os.environ, "DISPLAY": display.display, "GDK_BACKEND": "x11"}
+        if language != "en-US":  # the C locale already asks for en-US
+            env.update(display.locale_env(language))
         driver = webdriver.WebKitGTK(options=options,
                                      service=WebKitService(WEBKITDRIVER, env=env))
     else:
