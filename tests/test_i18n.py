@@ -25,6 +25,7 @@ from chatapp import rules
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.web import extract, locale
 from tests.harness import Client
+from tests.test_es5 import assert_es5
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSLATED = ("ru", "vi")
@@ -225,6 +226,10 @@ def test_client_strings_are_the_scripts_translations(tmp_path: Path) -> None:
         "Send": "Отправить", "{n} file": ["{n} файл", "{n} файла", "{n} файлов"]}
     assert strings["plural"][:6] == [2, 0, 1, 1, 1, 2]
     assert locale.client_strings("en", tmp_path)["plural"][:3] == [1, 0, 1]
+
+
+def test_i18n_js_is_es5() -> None:
+    assert_es5(ROOT / "static" / "i18n.js")
 
 
 def test_client_json_cannot_end_its_script_block() -> None:

@@ -199,10 +199,10 @@ def client_strings(code: str, locale_dir: Path = LOCALE_DIR) -> dict[str, Any]:
                 continue
             if not any(name.startswith("static/") for name, _ in message.locations):
                 continue
-            if isinstance(message.id, tuple):
+            if isinstance(message.id, (tuple, list)):  # a plural: (singular, plural)
                 forms = list(message.string)
                 if all(forms):
-                    messages[message.id[0]] = forms
+                    messages[str(message.id[0])] = forms
             else:
                 messages[message.id] = message.string
     return {"lang": code, "plural": plural_table(expression), "messages": messages}
