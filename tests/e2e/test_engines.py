@@ -35,12 +35,56 @@ ARABIC = "صباح الخير يا أصدقاء"  # "Good morning, friends"
 LATIN = "Good morning, friends"
 
 
+class DriverPool:
+    """Browser sessions kept for the module, per (engine, language): starting one costs
+    seconds (10 s for Firefox on a busy machine), so each test borrows sessions and gives
+    them back cleaned -- the cookies and storage of the site it used deleted, the page left
+    -- so the next test's person is new to the server. Owns the Xvfb display WebKit draws
+    into (started with the first WebKit session), stopped after the last session quit."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, str], list[Any]] = {}
+        self.started: list[Any] = []
+        self.screen: VirtualDisplay | None = None
+
+    def borrow(self, engine: str, language: str) -> Any:
+        idle = self.idle.setdefault((engine, language), [])
+        if idle:
+            return idle.pop()
+        if engine == "webkit" and self.screen is None:
+            self.screen = VirtualDisplay()
+        driver = start_driver(engine, self.screen, language)
+        self.started.append(driver)
+        return driver
+
+    def give_back(self, engine: str, language: str, driver: Any) -> None:
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            if driver.current_url.startswith("http"):
+                driver.execute_script("localStorage.clear(); sessionStorage.clear();")
+                driver.delete_all_cookies()  # every test server is on 127.0.0.1
+            driver.get("about:blank")  # closes the page's connections
+        except WebDriverException:
+            self.started.remove(driver)
+            driver.quit()
+            return
+        self.idle[(engine, language)].append(driver)
+
+    def close(self) -> None:
+        try:
+            for driver in self.started:
+                driver.quit()
+        finally:  # a crashed browser must not keep Xvfb running
+            if self.screen is not None:
+                self.screen.stop()
+
+
 @pytest.fixture(scope="module")
-def display() -> Iterator[VirtualDisplay]:
-    """One Xvfb for the module's WebKit tests (started only when one asks for it)."""
-    screen = VirtualDisplay()
-    yield screen
-    screen.stop()
+def pool() -> Iterator[DriverPool]:
+    sessions = DriverPool()
+    yield sessions
+    sessions.close()
 
 
 @pytest.fixture(params=ENGINES)
@@ -54,22 +98,19 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def web_people(
-    engine: str, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., WebPerson]]:
+def web_people(engine: str, pool: DriverPool) -> Iterator[Callable[..., WebPerson]]:
     """``web_people(server, "maya", room)``: a new person (own browser session) in ``engine``."""
-    screen = request.getfixturevalue("display") if engine == "webkit" else None
-    drivers: list[Any] = []
+    borrowed: list[tuple[str, Any]] = []
 
     def make(server: AppServer | str, nick: str, room: str, language: str = "en-US") -> WebPerson:
         base_url = server if isinstance(server, str) else server.url
-        driver = start_driver(engine, screen, language)
-        drivers.append(driver)
+        driver = pool.borrow(engine, language)
+        borrowed.append((language, driver))
         return WebPerson(driver, base_url, unique(nick), room)
 
     yield make
-    for driver in drivers:
-        driver.quit()
+    for language, driver in borrowed:
+        pool.give_back(engine, language, driver)
 
 
 def assert_in_sync(server: AppServer, room: str, *persons: WebPerson) -> None:
