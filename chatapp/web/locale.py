@@ -94,6 +94,8 @@ def compile_catalogues(source: Path, target: Path) -> list[str]:
 def load() -> None:
     """Compile (where needed) and load the catalogues into Tornado; once per process."""
     global _loaded
+    if _loaded:  # every page asks: no lock once done
+        return
     with _lock:
         if _loaded:
             return
