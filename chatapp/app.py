@@ -36,6 +36,7 @@ def make_app(
         (r"/", pages.JoinPage),
         (r"/join", pages.JoinPage),
         (rf"/r/{ROOM}", pages.RoomPage),
+        (r"/lang", pages.LanguageSwitch),
         (r"/api/session", api.SessionAPI),
         (rf"/api/rooms/{ROOM}/messages", api.MessagesAPI),
         (rf"/api/rooms/{ROOM}/messages/{MESSAGE}", api.MessageAPI),

@@ -1,18 +1,21 @@
-"""The pages a person uses: the join form and the chat page (rendered with its history)."""
+"""The pages a person uses: the join form and the chat page (rendered with its history),
+in the reader's language (``chatapp/web/locale.py``), and the language switch."""
 
 from __future__ import annotations
 
 import json
 from urllib.parse import urlencode
 
+import tornado.escape
 import tornado.web
 
 from chatapp import rules
 from chatapp.errors import ChatError
+from chatapp.web import locale
 from chatapp.web.base import BaseHandler, ChatHandlerMixin
 
 
-class JoinPage(BaseHandler):
+class JoinPage(locale.LocaleMixin, BaseHandler):
     """``GET /``: the join form. Someone who already has a session goes straight to the room."""
 
     async def get(self) -> None:
@@ -40,7 +43,9 @@ class JoinPage(BaseHandler):
         except ChatError as exc:
             self.set_status(exc.status)
             shown_room = room if rules.is_valid_room(room) else rules.DEFAULT_ROOM
-            self.render("join.html", room=shown_room, nick=nick, error=exc.message)
+            # The rule's sentence in the reader's language (English when it has none).
+            error = self.locale.translate(exc.message)
+            self.render("join.html", room=shown_room, nick=nick, error=error)
             return
         self.set_session_cookie(session)
         self.redirect(f"/r/{room}", status=303)
@@ -73,7 +78,7 @@ def script_json(data: object) -> str:
     return text
 
 
-class RoomPage(BaseHandler):
+class RoomPage(locale.LocaleMixin, BaseHandler):
     """``GET /r/<room>``: the chat page, already holding the room's latest events.
 
     The events travel as page data (JSON) that static/events.js draws, the same renderer as
@@ -120,10 +125,24 @@ class RoomPage(BaseHandler):
         if isinstance(exc, ChatError):
             status_code = exc.status
             self.set_status(status_code)
+        _ = self.locale.translate
+        message = _("Sorry: the chat is unavailable (%(status)d). Try again in a moment.")
         self.finish(
-            f"<!doctype html><title>chatapp</title><p>Sorry: the chat is unavailable "
-            f"({status_code}). Try again in a moment.</p>"
+            f'<!doctype html><html lang="{self.locale.code}"><title>chatapp</title>'
+            f"<p>{tornado.escape.xhtml_escape(message % {'status': status_code})}</p>"
         )
+
+
+class LanguageSwitch(locale.LocaleMixin, BaseHandler):
+    """``POST /lang`` (``lang``, ``next``): remember the language in a cookie and go back to
+    the page it was chosen on. An unknown language is a 400 and changes nothing."""
+
+    def post(self) -> None:
+        lang = self.get_body_argument("lang", "")
+        if lang not in locale.LANGUAGES:
+            raise tornado.web.HTTPError(400, "unknown language")
+        locale.remember(self, lang)
+        self.redirect(locale.safe_next(self.get_body_argument("next", "/")), status=303)
 
 
 class StaticFiles(ChatHandlerMixin, tornado.web.StaticFileHandler):
