@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 from chatapp import options as chat_options
 from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
+from chatapp.registry import CLUSTER, EXIT_REFUSED, LOCAL, ServerRegistry, SplitRefused
 from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(opts, uri, sockets, cookie_secret, cluster=opts.cluster))
         return run_workers(processes, lambda index: asyncio.run(serve(
             opts, uri, listen(opts.port, opts.address, reuse_port=True), cookie_secret,
-            cluster=True)))
+            cluster=True)), fatal_code=EXIT_REFUSED)
     except OSError as exc:
         print(f"chatapp: cannot listen on {opts.address}:{opts.port}: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +93,19 @@ async def serve(
         log.error("MongoDB at %s is not usable: %s", _redact(uri), exc)
         return 2
     log.info("using MongoDB at %s", _redact(uri))
+    # Before anything else touches the database: a server that would split a chat stops here.
+    registry = ServerRegistry(store, CLUSTER if cluster else LOCAL)
+    try:
+        await registry.register()
+    except SplitRefused as exc:
+        log.error("%s", exc)
+        store.client.close()
+        return EXIT_REFUSED
+    except StoreError as exc:
+        log.error("MongoDB at %s is not usable: %s", _redact(uri), exc)
+        store.client.close()
+        return 2
+    registry.start()
     chat = Chat(
         store,
         history_size=opts.history_size,
@@ -125,6 +139,7 @@ async def serve(
     await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
     await server.close_all_connections()
     await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
+    await registry.stop()  # a server started next on this database is not refused
     store.client.close()
     return 0
 

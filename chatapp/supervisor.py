@@ -3,7 +3,9 @@
 The parent binds the socket, forks the workers and then only watches them: a worker that
 dies is replaced (its clients reconnect to the others meanwhile and resume from their
 cursors); SIGTERM or SIGINT to the parent is passed on to every worker, and the parent
-returns once they have all shut down cleanly.
+returns once they have all shut down cleanly. A worker that exits with ``fatal_code`` (it
+refused to start, see ``chatapp/registry.py``) is not replaced: every worker is stopped and
+that code returned, since the others would refuse alike.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 1.0
 
 
-def run_workers(count: int, serve: Callable[[int], int]) -> int:
-    """Fork ``count`` workers, each running ``serve(index)``; return when all have stopped."""
+def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None = None) -> int:
+    """Fork ``count`` workers, each running ``serve(index)``; return when all have stopped:
+    0, or ``fatal_code`` if a worker exited with it."""
     workers: dict[int, int] = {}  # pid -> index
     stopping = False
+    result = 0
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -67,8 +71,13 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
         index = workers.pop(pid, None)
         if index is None or stopping:
             continue
+        if fatal_code is not None and os.waitstatus_to_exitcode(status) == fatal_code:
+            log.error("worker %d (pid %d) refused to start; stopping the others", index, pid)
+            result = fatal_code
+            stop(signal.SIGTERM, None)
+            continue
         log.warning("worker %d (pid %d) died (status %d); starting another", index, pid, status)
         time.sleep(RESTART_DELAY_SECONDS)
         if not stopping:
             spawn(index)
-    return 0
+    return result
