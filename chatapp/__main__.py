@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import tornado.options
@@ -31,6 +32,13 @@ SHUTDOWN_SECONDS = 5.0
 # Connections the kernel queues before we accept them. Tornado's default, 128, overflows when
 # thousands of clients reconnect at once (after a restart); the kernel caps it at somaxconn.
 LISTEN_BACKLOG = 4096
+# The exit status when the embedded MongoDB kept dying and the watchdog gave up on it: a
+# service manager restarts the app (and so mongod) on it; 2 and 3 mean "do not retry as is".
+EXIT_MONGOD_LOST = 1
+# After a crash, the old mongod's clean shutdown (mongod.STOP_TIMEOUT at most) ends within
+# this; a data dir locked longer is another chatapp's on the same --data_dir.
+DBPATH_WAIT_SECONDS = 20.0
+DBPATH_RETRY_SECONDS = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,16 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     processes = opts.processes if opts.processes > 0 else (os.cpu_count() or 1)
     embedded = None
     uri = opts.mongo_uri
+    watchdog = None
+    lost: list[str] = []  # why the watchdog gave up on the embedded MongoDB, if it did
     if not uri:
-        from chatapp.mongod import EmbeddedMongo, MongodNotFound
+        from chatapp.mongod import EmbeddedMongo, MongodNotFound, Watchdog
 
         try:
             embedded = EmbeddedMongo(data_dir)
-            uri = embedded.start()
+            uri = start_embedded(embedded)
         except (MongodNotFound, RuntimeError) as exc:
             print(f"chatapp: cannot start the embedded MongoDB: {exc}", file=sys.stderr)
             return 2
         log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
+
+        def give_up(reason: str) -> None:
+            lost.append(reason)
+            os.kill(os.getpid(), signal.SIGTERM)  # a clean shutdown, then exit non-zero
+
+        watchdog = Watchdog(embedded, give_up)
+        watchdog.start()
     try:
         cookie_secret = load_cookie_secret(data_dir)  # read once, before any fork
         if processes == 1:
@@ -69,14 +86,21 @@ def main(argv: list[str] | None = None) -> int:
                  processes, "" if processes == 1 else "es",
                  ", cluster mode" if processes > 1 or opts.cluster else "")
         if processes == 1:
-            return asyncio.run(serve(opts, uri, sockets, cookie_secret, cluster=opts.cluster))
-        return run_workers(processes, lambda index: asyncio.run(serve(
-            opts, uri, listen(opts.port, opts.address, reuse_port=True), cookie_secret,
-            cluster=True)), fatal_code=EXIT_REFUSED)
+            code = asyncio.run(serve(opts, uri, sockets, cookie_secret, cluster=opts.cluster))
+        else:
+            code = run_workers(processes, lambda index: asyncio.run(serve(
+                opts, uri, listen(opts.port, opts.address, reuse_port=True), cookie_secret,
+                cluster=True)), fatal_code=EXIT_REFUSED)
+        if lost:
+            print(f"chatapp: {lost[0]}", file=sys.stderr)
+            return EXIT_MONGOD_LOST
+        return code
     except OSError as exc:
         print(f"chatapp: cannot listen on {opts.address}:{opts.port}: {exc}", file=sys.stderr)
         return 2
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         if embedded is not None:
             log.info("stopping the embedded MongoDB")
             embedded.stop()
@@ -142,6 +166,24 @@ async def serve(
     await registry.stop()  # a server started next on this database is not refused
     store.client.close()
     return 0
+
+
+def start_embedded(embedded: Any) -> str:
+    """Start the embedded MongoDB (an ``EmbeddedMongo``); its URI.
+
+    Right after this app was killed, its mongod may still be shutting down (it is sent
+    SIGTERM when the app dies) and hold the data dir's lock: wait for it, rather than fail a
+    restart that would work a second later.
+    """
+    deadline = time.monotonic() + DBPATH_WAIT_SECONDS
+    while True:
+        try:
+            return str(embedded.start())
+        except RuntimeError as exc:
+            if "DBPathInUse" not in str(exc) or time.monotonic() > deadline:
+                raise
+        log.info("the data dir's MongoDB lock is still held; waiting for it")
+        time.sleep(DBPATH_RETRY_SECONDS)
 
 
 def listen(port: int, address: str, reuse_port: bool = False) -> list[socket.socket]:

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # A worker that dies is replaced after this pause, so a worker that cannot start (a bad
 # config, MongoDB unreachable) costs a log line a second rather than a busy loop.
 RESTART_DELAY_SECONDS = 1.0
+# How often to look again when a child that is not a worker has exited: the embedded mongod,
+# which its watchdog (chatapp.mongod.Watchdog) reaps within its own WATCH_INTERVAL.
+OTHER_CHILD_SECONDS = 0.1
 
 
 def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None = None) -> int:
@@ -65,7 +68,7 @@ def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None 
     signal.signal(signal.SIGINT, stop)
     while workers:
         try:
-            pid, status = os.wait()
+            pid, status = _wait_worker(workers)
         except ChildProcessError:
             break
         index = workers.pop(pid, None)
@@ -81,3 +84,18 @@ def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None 
         if not stopping:
             spawn(index)
     return result
+
+
+def _wait_worker(workers: dict[int, int]) -> tuple[int, int]:
+    """The next worker to exit, reaped: (pid, wait status).
+
+    Not ``os.wait()``: that reaps any child, the embedded mongod's included, whose
+    ``Popen`` would then never learn that it exited, and its watchdog would never restart it.
+    So: peek at the next exited child without reaping it (``WNOWAIT``), reap it only if it is
+    a worker, and leave the others to their owner.
+    """
+    while True:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if info is not None and info.si_pid in workers:
+            return os.waitpid(info.si_pid, 0)
+        time.sleep(OTHER_CHILD_SECONDS)
