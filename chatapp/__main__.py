@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -16,13 +18,16 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from chatapp import options as chat_options
-from chatapp.app import load_cookie_secret, make_app
-from chatapp.chat import Chat
-from chatapp.registry import CLUSTER, EXIT_REFUSED, LOCAL, ServerRegistry, SplitRefused
-from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
 
+# Not imported here: chatapp.app, .chat, .registry, .store, .logs and .metrics, which import
+# prometheus_client, whose multiprocess mode (--processes) must be chosen before that import
+# (see use_multiprocess_metrics). They are imported once it is.
+
 log = logging.getLogger("chatapp")
+
+# prometheus_client's switch to its multiprocess mode (metrics.MULTIPROC_ENV, not imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # No valid request comes near this (messages are refused past 64 KiB with a clear 413 by the
 # handlers); the server-wide cap just stops anyone streaming megabytes at us.
@@ -39,6 +44,8 @@ EXIT_MONGOD_LOST = 1
 # this; a data dir locked longer is another chatapp's on the same --data_dir.
 DBPATH_WAIT_SECONDS = 20.0
 DBPATH_RETRY_SECONDS = 0.5
+# Set by a worker that refused to start (chatapp.registry.EXIT_REFUSED, checked there).
+EXIT_REFUSED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     except (tornado.options.Error, ValueError, OSError) as exc:
         print(f"chatapp: {exc} (see --help)", file=sys.stderr)
         return 2
-    data_dir = os.path.abspath(opts.data_dir)
     processes = opts.processes if opts.processes > 0 else (os.cpu_count() or 1)
+    metrics_dir = use_multiprocess_metrics() if processes > 1 and opts.metrics_port else None
+    if opts.metrics_port:
+        from chatapp import metrics
+
+        metrics.watch_store()
+    try:
+        return run(opts, processes)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def use_multiprocess_metrics() -> str:
+    """--processes with metrics: every process writes its metrics to files in a temporary
+    directory of its own run (prometheus_client's multiprocess mode, chosen by this variable
+    before its first import), removed at exit. Its path, for that."""
+    assert "prometheus_client" not in sys.modules, "imported before its mode was chosen"
+    path = tempfile.mkdtemp(prefix="chatapp-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def run(opts: Any, processes: int) -> int:
+    """The embedded MongoDB (if no --mongo_uri) with its watchdog, and the server process(es);
+    the exit status."""
+    from chatapp.app import load_cookie_secret
+
+    data_dir = os.path.abspath(opts.data_dir)
     embedded = None
     uri = opts.mongo_uri
     watchdog = None
@@ -60,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             embedded = EmbeddedMongo(data_dir)
             uri = start_embedded(embedded)
         except (MongodNotFound, RuntimeError) as exc:
-            print(f"chatapp: cannot start the embedded MongoDB: {exc}", file=sys.stderr)
+            log.error("cannot start the embedded MongoDB: %s", exc)
             return 2
         log.info("started the embedded MongoDB at %s (data in %s)", uri, data_dir)
 
@@ -82,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             # failing again every second.
             for probe in listen(opts.port, opts.address, reuse_port=True):
                 probe.close()
+        if opts.metrics_port:
+            # Checked here too; with --processes every worker binds it (SO_REUSEPORT) and
+            # answers for all of them.
+            for probe in listen(opts.metrics_port, opts.metrics_address, reuse_port=True):
+                probe.close()
+            log.info("metrics on http://%s:%d/metrics", opts.metrics_address, opts.metrics_port)
         log.info("chatapp listening on http://%s:%d/ (%d process%s%s)", opts.address, opts.port,
                  processes, "" if processes == 1 else "es",
                  ", cluster mode" if processes > 1 or opts.cluster else "")
@@ -90,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             code = run_workers(processes, lambda index: asyncio.run(serve(
                 opts, uri, listen(opts.port, opts.address, reuse_port=True), cookie_secret,
-                cluster=True)), fatal_code=EXIT_REFUSED)
+                cluster=True)), fatal_code=EXIT_REFUSED, on_exit=_worker_exited)
         if lost:
-            print(f"chatapp: {lost[0]}", file=sys.stderr)
+            log.error("exiting: %s", lost[0])
             return EXIT_MONGOD_LOST
         return code
     except OSError as exc:
-        print(f"chatapp: cannot listen on {opts.address}:{opts.port}: {exc}", file=sys.stderr)
+        log.error("cannot listen on %s:%d (or the metrics port %d): %s", opts.address,
+                  opts.port, opts.metrics_port, exc)
         return 2
     finally:
         if watchdog is not None:
@@ -110,6 +151,11 @@ async def serve(
     opts: Any, uri: str, sockets: list[socket.socket], cookie_secret: str, cluster: bool
 ) -> int:
     """One server process: until SIGTERM or SIGINT, then a clean shutdown."""
+    from chatapp.app import make_app
+    from chatapp.chat import Chat
+    from chatapp.registry import CLUSTER, LOCAL, ServerRegistry, SplitRefused
+    from chatapp.store import EventStore, StoreError, connect
+
     store = EventStore(connect(uri, opts.mongo_timeout))
     try:
         await store.create_indexes()
@@ -151,6 +197,12 @@ async def serve(
     )
     server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
     server.add_sockets(sockets)
+    metrics_server = None
+    if opts.metrics_port:
+        from chatapp import metrics
+
+        metrics_server = metrics.serve_metrics(
+            listen(opts.metrics_port, opts.metrics_address, reuse_port=True))
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,6 +212,8 @@ async def serve(
 
     log.info("shutting down (pid %d)", os.getpid())
     server.stop()  # no new connections
+    if metrics_server is not None:
+        metrics_server.stop()
     await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
     await server.close_all_connections()
     await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
@@ -184,6 +238,13 @@ def start_embedded(embedded: Any) -> str:
                 raise
         log.info("the data dir's MongoDB lock is still held; waiting for it")
         time.sleep(DBPATH_RETRY_SECONDS)
+
+
+def _worker_exited(pid: int) -> None:
+    if MULTIPROC_ENV in os.environ:
+        from chatapp import metrics
+
+        metrics.process_exited(pid)
 
 
 def listen(port: int, address: str, reuse_port: bool = False) -> list[socket.socket]:

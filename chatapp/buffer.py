@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chatapp import metrics
+
 
 def encode(obj: Any) -> str:
     # Compact separators: this string is written once per delivery, so every byte counts.
@@ -161,6 +163,7 @@ class MessageBuffer:
             self._ids.append(entry.id)
             new.append(entry)
         if new:
+            metrics.delivered(len(new), len(self._waiters))
             if self._presence_call is not None:
                 # A pending presence change goes first: it happened before these events.
                 self._presence_call.cancel()

@@ -28,9 +28,15 @@ RESTART_DELAY_SECONDS = 1.0
 OTHER_CHILD_SECONDS = 0.1
 
 
-def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None = None) -> int:
+def run_workers(
+    count: int,
+    serve: Callable[[int], int],
+    fatal_code: int | None = None,
+    on_exit: Callable[[int], None] | None = None,
+) -> int:
     """Fork ``count`` workers, each running ``serve(index)``; return when all have stopped:
-    0, or ``fatal_code`` if a worker exited with it."""
+    0, or ``fatal_code`` if a worker exited with it. ``on_exit(pid)`` is told of every
+    worker that ended (the metrics drop its gauges)."""
     workers: dict[int, int] = {}  # pid -> index
     stopping = False
     result = 0
@@ -72,6 +78,8 @@ def run_workers(count: int, serve: Callable[[int], int], fatal_code: int | None 
         except ChildProcessError:
             break
         index = workers.pop(pid, None)
+        if on_exit is not None:
+            on_exit(pid)
         if index is None or stopping:
             continue
         if fatal_code is not None and os.waitstatus_to_exitcode(status) == fatal_code:

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from chatapp import metrics
 from chatapp.errors import store_unavailable
 from chatapp.rules import parse_id
 from chatapp.store import Appended, EventStore, StoreError
@@ -210,6 +211,7 @@ class RoomWriter:
     async def _publish_in_order(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
+        metrics.stored(events)
         if self.last_published is not None:
             last = parse_id(self.last_published())
             first = parse_id(events[0]["id"])
