@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     processes = opts.processes if opts.processes > 0 else (os.cpu_count() or 1)
     metrics_dir = use_multiprocess_metrics() if processes > 1 and opts.metrics_port else None
+    from chatapp import logs
+
+    try:
+        logs.configure(opts.log_format)
+    except ValueError as exc:
+        print(f"chatapp: {exc} (see --help)", file=sys.stderr)
+        return 2
     if opts.metrics_port:
         from chatapp import metrics
 

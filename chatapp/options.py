@@ -49,6 +49,9 @@ define("metrics_port", default=0, type=int,
 define("metrics_address", default="127.0.0.1",
        help="interface the metrics endpoint listens on (loopback: scrape it from this machine "
             "or through a tunnel)")
+define("log_format", default="text",
+       help="text (for people) or json (one JSON object per line: ts, level, logger, message, "
+            "exc_info)")
 
 
 def parse(args: list[str] | None = None, parser: OptionParser = options) -> OptionParser:

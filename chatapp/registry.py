@@ -34,6 +34,7 @@ import socket
 from typing import Any
 
 from chatapp import store as store_module
+from chatapp.logs import short_reason
 from chatapp.store import EventStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class ServerRegistry:
             except StoreError as exc:
                 if not self._failing:
                     log.warning("cannot renew this server's registration: %s",
-                                _short(exc))
+                                short_reason(exc))
                 self._failing = True
             else:
                 if self._failing:
@@ -221,8 +222,3 @@ class ServerRegistry:
             f"Restart it with --cluster (or stop it) first. {expiry}"
         )
 
-
-def _short(exc: BaseException) -> str:
-    """The first line of a driver error, without pymongo's topology description."""
-    text = str(exc).split(", Timeout:", 1)[0].split(" Topology Description:", 1)[0]
-    return text.splitlines()[0] if text else type(exc).__name__
