@@ -24,6 +24,8 @@ class SessionAPI(JSONHandler):
         session = await self.current_session()
         self.write_json({"nick": session.nick if session else None})
 
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
+
     async def post(self) -> None:
         nick = self.body_fields().get("nick")
         current = await self.current_session()
@@ -53,7 +55,8 @@ class MessagesAPI(JSONHandler):
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport."""
+    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport. No HEAD (405):
+    a long-poll waits for events and counts as presence, neither of which a HEAD wants."""
 
     waiter: PollWaiter | None = None
 
@@ -100,11 +103,15 @@ class HistoryAPI(JSONHandler):
         events, has_more = await self.chat.history(room, before, limit)
         self.write_json({"events": events, "has_more": has_more})
 
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
+
 
 class PresenceAPI(JSONHandler):
     async def get(self, room: str) -> None:
         rules.check_room(room)
         self.write_json({"nicks": await self.chat.present(room)})
+
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
 
 
 class HealthAPI(JSONHandler):
@@ -119,6 +126,8 @@ class HealthAPI(JSONHandler):
             )
             return
         self.write_json({"status": "ok"})
+
+    head = get  # uptime checkers use HEAD; the same status, without the body
 
 
 class NotFoundAPI(JSONHandler):

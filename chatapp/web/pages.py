@@ -23,6 +23,8 @@ class JoinPage(BaseHandler):
             return
         self.render("join.html", room=room, nick="", error=None)
 
+    head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
+
     async def post(self) -> None:
         """``POST /join``: choose a nickname; 303 to the room, or the form again with why not."""
         nick = self.get_body_argument("nick", "")
@@ -72,6 +74,8 @@ class RoomPage(BaseHandler):
             has_more=has_more,
             nicks=await self.chat.present(room),
         )
+
+    head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]  # type: ignore[index]
