@@ -92,9 +92,8 @@ def _is_gone(doc: dict[str, Any], machine: str) -> bool:
         return False
     started = process_start(doc["pid"])
     if not started:
-        # No such process, unless /proc is missing altogether: then ask the kernel.
-        if os.path.isdir("/proc/self"):
-            return True
+        # Not in /proc: gone, or hidden (another user's, under systemd's ProtectProc=
+        # invisible; or no /proc at all). The kernel knows: EPERM means it runs.
         try:
             os.kill(doc["pid"], 0)
         except ProcessLookupError:
