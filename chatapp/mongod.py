@@ -312,9 +312,10 @@ class EmbeddedMongo:
             )
         self._finalizer = weakref.finalize(self, _terminate, self._proc, STOP_TIMEOUT)
         try:
-            with MongoClient(
+            client: MongoClient[dict[str, Any]] = MongoClient(
                 HOST, self.port, directConnection=True, serverSelectionTimeoutMS=500
-            ) as client:
+            )
+            with client:
                 self._wait(deadline, "accepting connections", lambda: self._answering(client))
                 self._wait(
                     deadline,

@@ -164,7 +164,9 @@ class EventStore:
         # Not Motor's with_transaction: it retries a transient error (MongoDB unreachable
         # included) for 120 s whatever the client's timeout, so a batch whose senders were
         # told "503, nothing was stored" went on to be stored once MongoDB came back.
-        limit = timeout if timeout is not None else (self.client.options.timeout or 120.0)
+        # (Motor's stubs declare the ``options`` property as a method.)
+        limit = timeout if timeout is not None else (
+            self.client.options.timeout or 120.0)  # type: ignore[attr-defined]
         deadline = time.monotonic() + limit
         with pymongo.timeout(limit):
             async with await self.client.start_session() as session:
@@ -175,7 +177,8 @@ class EventStore:
                         await session.commit_transaction()
                         return results
                     except BaseException as exc:
-                        if session.in_transaction:
+                        # (Motor's stubs declare the ``in_transaction`` property as a method.)
+                        if session.in_transaction:  # type: ignore[truthy-function]
                             # Not Motor's `async with`: its abort, failing too (the client
                             # closed at shutdown), replaced the error, a cancellation included,
                             # and the writer then retried forever: the process never exited.

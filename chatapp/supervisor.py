@@ -77,10 +77,10 @@ def run_workers(
             pid, status = _wait_worker(workers)
         except ChildProcessError:
             break
-        index = workers.pop(pid, None)
+        index = workers.pop(pid)  # _wait_worker reaps workers only
         if on_exit is not None:
             on_exit(pid)
-        if index is None or stopping:
+        if stopping:
             continue
         if fatal_code is not None and os.waitstatus_to_exitcode(status) == fatal_code:
             log.error("worker %d (pid %d) refused to start; stopping the others", index, pid)

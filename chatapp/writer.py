@@ -152,10 +152,10 @@ class RoomWriter:
                 try:
                     if time_left <= 0:
                         raise TimeoutError("no time left to store this batch")
-                    results: list[Appended | None] = await asyncio.wait_for(
+                    results: list[Appended | None] = list(await asyncio.wait_for(
                         self.store.append(self.room, docs, time_left),
                         time_left + APPEND_GRACE_SECONDS,
-                    )
+                    ))
                 except (StoreError, TimeoutError) as exc:
                     log.warning("storing %d event(s) in %s failed: %s", len(docs), self.room, exc)
                     now = loop.time()

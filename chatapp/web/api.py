@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Any, cast
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
 from chatapp.buffer import Batch
@@ -27,7 +29,7 @@ class SessionAPI(JSONHandler):
     head = get  # HEAD answers as GET does, without the body (Tornado drops it)
 
     async def post(self) -> None:
-        nick = self.body_fields().get("nick")
+        nick: Any = self.body_fields().get("nick")  # any JSON value: create() checks it
         current = await self.current_session()
         session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
         if current is not None:
@@ -71,7 +73,8 @@ class UpdatesAPI(JSONHandler):
             session, room, cursor, timeout, self.request.remote_ip or "", self._park
         )
         if entries is None:
-            if self.request.connection.stream.closed():
+            # Tornado's HTTPServer always serves a request over an HTTP1Connection.
+            if cast(HTTP1Connection, self.request.connection).stream.closed():
                 return  # the client is gone; nobody to answer
             raise ChatError("no_session", "The session has ended.", 401)
         # The events were encoded once when published (and a woken batch joined once for all

@@ -78,6 +78,7 @@ class RoomPage(BaseHandler):
     head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
+        # Tornado passes exc_info as a (type, value, traceback) tuple; kwargs are untyped.
         exc = kwargs.get("exc_info", (None, None, None))[1]  # type: ignore[index]
         if isinstance(exc, ChatError):
             status_code = exc.status
