@@ -95,10 +95,11 @@ def run(opts: Any, processes: int) -> int:
     watchdog = None
     lost: list[str] = []  # why the watchdog gave up on the embedded MongoDB, if it did
     if not uri:
-        from chatapp.mongod import EmbeddedMongo, MongodNotFound, Watchdog
+        from chatapp.mongod import EmbeddedMongo, MongodNotFound
+        from chatapp.watchdog import Watchdog
 
         try:
-            embedded = EmbeddedMongo(data_dir)
+            embedded = EmbeddedMongo(data_dir, die_with_parent=True)
             uri = start_embedded(embedded)
         except (MongodNotFound, RuntimeError) as exc:
             log.error("cannot start the embedded MongoDB: %s", exc)

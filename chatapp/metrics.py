@@ -93,6 +93,7 @@ FEED_LAG = Gauge(
 # Label children looked up once: a labels() call per event costs a dict lookup and a lock.
 _WEBSOCKETS = CONNECTIONS.labels("websocket")
 _LONG_POLLS = CONNECTIONS.labels("longpoll")
+_STORED: dict[str, Any] = {}  # kind -> EVENTS_STORED's child (the kinds are few and fixed)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -122,7 +123,10 @@ def rooms_in_memory(count: int) -> None:
 def stored(events: Iterable[dict[str, Any]]) -> None:
     """A batch of events this process stored (the ones new to MongoDB)."""
     for kind, count in collections.Counter(e["type"] for e in events).items():
-        EVENTS_STORED.labels(kind).inc(count)
+        child = _STORED.get(kind)
+        if child is None:
+            child = _STORED[kind] = EVENTS_STORED.labels(kind)
+        child.inc(count)
 
 
 def delivered(events: int, waiters: int) -> None:

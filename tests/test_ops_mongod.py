@@ -1,4 +1,4 @@
-"""The embedded MongoDB is watched (``chatapp.mongod.Watchdog``): real ``python -m chatapp``
+"""The embedded MongoDB is watched (``chatapp.watchdog.Watchdog``): real ``python -m chatapp``
 processes whose mongod is killed with ``kill -9``.
 
 Sends succeed again by themselves (the page's retry of a 503 with the same client_id), every
@@ -128,16 +128,16 @@ class DyingMongo:
 
 
 def test_the_watchdog_backs_off_then_gives_up_on_a_mongod_that_keeps_dying(monkeypatch):
-    from chatapp import mongod
+    from chatapp import watchdog as module
 
-    monkeypatch.setattr(mongod, "WATCH_INTERVAL", 0.01)
-    monkeypatch.setattr(mongod, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(module, "WATCH_INTERVAL", 0.01)
+    monkeypatch.setattr(module, "BACKOFF_FIRST", 0.05)
     dying = DyingMongo()
     reasons: list[str] = []
-    watchdog = mongod.Watchdog(dying, reasons.append)  # type: ignore[arg-type]  # a stand-in
+    watchdog = module.Watchdog(dying, reasons.append)  # type: ignore[arg-type]  # a stand-in
     watchdog.start()
     watchdog.join(timeout=30)
     assert reasons and "giving up" in reasons[0], reasons
-    assert len(dying.starts) == mongod.MAX_RESTARTS
+    assert len(dying.starts) == module.MAX_RESTARTS
     pauses = [b - a for a, b in itertools.pairwise(dying.starts)]
     assert all(later > earlier for earlier, later in itertools.pairwise(pauses)), pauses
