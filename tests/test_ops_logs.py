@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 import time
 
@@ -43,6 +44,14 @@ async def test_log_format_json_writes_one_object_per_line(mongo_uri, tmp_path):
     assert any(m.startswith("chatapp listening on") for m in messages), messages
     assert any("400 POST /api/rooms/room/messages" in m for m in messages), messages
     assert any(e["logger"] == "chatapp" and "shutting down" in e["message"] for e in entries)
+
+
+def test_an_unknown_log_format_is_refused_at_start(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "chatapp", "--log_format=xml", f"--data_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--log_format must be one of text, json" in result.stderr, result.stderr
 
 
 def test_a_json_line_carries_the_traceback_and_stays_one_line():

@@ -60,6 +60,10 @@ async def test_a_second_local_server_on_one_database_refuses_to_start_and_says_w
         third = AppProcess(tmp_path / "c", mongo_uri, cluster=True)
         await asyncio.to_thread(refused, third)
         assert "Restart it with --cluster" in third.log_tail(20)
+        # Under --processes every worker refuses alike: the supervisor stops, not retries.
+        fourth = AppProcess(tmp_path / "d", mongo_uri, processes=2)
+        await asyncio.to_thread(refused, fourth)
+        assert "refused to start; stopping the others" in fourth.log_tail(30)
         # And the first one still serves, alone.
         assert first.get_json("/healthz")["status"] == "ok"
 
