@@ -109,11 +109,19 @@ async def test_another_machines_registration_blocks_a_local_server_until_it_expi
         await store_module.register_server(store, other, {
             "mode": "local", "machine": "another machine", "host": "elsewhere", "pid": 1,
         }, ttl=2.0)
+
+        async def heartbeat() -> None:  # that server, alive: renewed as a server renews it
+            while True:
+                await asyncio.sleep(0.5)
+                await store_module.renew_server(store, other, ttl=2.0)
+
+        beating = asyncio.ensure_future(heartbeat())
         try:
             app = AppProcess(tmp_path / "a", mongo_uri)
             await asyncio.to_thread(refused, app)
             assert "pid 1 on elsewhere" in app.log_tail(20)
-            # Its heartbeat has stopped: once expired, it blocks nobody.
+            # Its heartbeat stops: once expired (2 s later), it blocks nobody.
+            beating.cancel()
             deadline = time.monotonic() + 30
             while any(d["_id"] == other for d in await store_module.live_servers(store)):
                 assert time.monotonic() < deadline, "the registration never expired"
@@ -121,6 +129,7 @@ async def test_another_machines_registration_blocks_a_local_server_until_it_expi
             async with running(app):
                 assert app.get_json("/healthz")["status"] == "ok"
         finally:
+            beating.cancel()
             await store_module.remove_server(store, other)
 
 
