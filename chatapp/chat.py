@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from chatapp import kinds
+from chatapp import kinds, metrics
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
@@ -255,6 +255,7 @@ class Chat:
     def deliver(self, events: list[dict[str, Any]]) -> None:
         """Events stored by any process of the cluster, in the change stream's order: publish
         them here, all of a room's in one batch (one write per socket), in that order."""
+        metrics.feed_brought(events)
         by_room: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             by_room.setdefault(event["room"], []).append(event)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from chatapp import metrics
+
 
 class ChatError(Exception):
     """A refusal a client can act on: a stable machine ``code``, a sentence for people, a status.
@@ -15,6 +17,7 @@ class ChatError(Exception):
         self.code = code
         self.message = message
         self.status = status
+        metrics.refused(code)
 
 
 def store_unavailable() -> ChatError:

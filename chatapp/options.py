@@ -43,6 +43,16 @@ define("cluster", default=False, type=bool,
 define("mongo_timeout", default=4.0, type=float,
        help="seconds a MongoDB operation may take before a send fails with store_unavailable")
 
+# -- operating it: metrics and logs (see README, "Operating it") --
+define("metrics_port", default=0, type=int,
+       help="port of the Prometheus endpoint /metrics, apart from the public port; 0: off")
+define("metrics_address", default="127.0.0.1",
+       help="interface the metrics endpoint listens on (loopback: scrape it from this machine "
+            "or through a tunnel)")
+define("log_format", default="text",
+       help="text (for people) or json (one JSON object per line: ts, level, logger, message, "
+            "exc_info)")
+
 
 def parse(args: list[str] | None = None, parser: OptionParser = options) -> OptionParser:
     """Parse the command line, then the ``--config`` file, then the command line again.

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatapp import rules
+from chatapp import metrics, rules
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.rooms import MAX_UPDATES, Rooms
@@ -64,9 +64,11 @@ class PollWaiter:
         # One timer that answers "nothing new": cheaper than wait_for + shield, which wrap
         # every parked poll in two more futures and a task.
         timer = asyncio.get_running_loop().call_later(timeout, self.wake, [])
+        metrics.PARKED_POLLS.inc()
         try:
             return await self._future
         finally:
+            metrics.PARKED_POLLS.dec()
             timer.cancel()
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from chatapp import rules
+from chatapp import metrics, rules
 from chatapp.buffer import MessageBuffer, Waiter
 from chatapp.errors import store_unavailable
 from chatapp.mode import LocalMode
@@ -82,6 +82,7 @@ class Rooms:
         buffer = self._rooms.setdefault(
             name, MessageBuffer(name, self.history_size, events, floor)
         )
+        metrics.rooms_in_memory(len(self._rooms))
         buffer.publish(held)  # anything already in the tail is dropped by id
         self.presence_changed(name)
         return buffer
@@ -162,4 +163,5 @@ class Rooms:
             del self._rooms[name]
             self._writers.pop(name, None)
             evicted.append(name)
+        metrics.rooms_in_memory(len(self._rooms))
         return evicted

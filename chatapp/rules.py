@@ -195,7 +195,7 @@ def check_client_id(client_id: object) -> str:
 def check_cursor(cursor: object) -> str:
     """A cursor is "" (before the first event) or an id this server issues."""
     if cursor == "" or (isinstance(cursor, str) and _ID_RE.fullmatch(cursor)):
-        return cursor  # type: ignore[return-value]
+        return cursor
     raise ChatError("bad_cursor", "That cursor is not one this server issued.", 400)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chatapp import kinds, rules
+from chatapp import kinds, metrics, rules
 from chatapp.errors import ChatError
 from chatapp.mode import LocalMode
 from chatapp.ratelimit import TokenBucket
@@ -41,6 +41,7 @@ class Sender:
         self.rate_limit = rate_limit
         self._buckets: dict[str, TokenBucket] = {}
 
+    @metrics.timed(metrics.SEND_SECONDS)
     async def send(
         self, session: Session, room: str, text: Any, client_id: Any, reply_to: Any = None
     ) -> dict[str, Any]:

@@ -181,7 +181,9 @@ class EventStore:
         # Not Motor's with_transaction: it retries a transient error (MongoDB unreachable
         # included) for 120 s whatever the client's timeout, so a batch whose senders were
         # told "503, nothing was stored" went on to be stored once MongoDB came back.
-        limit = timeout if timeout is not None else (self.client.options.timeout or 120.0)
+        # (Motor's stubs declare the ``options`` property as a method.)
+        limit = timeout if timeout is not None else (
+            self.client.options.timeout or 120.0)  # type: ignore[attr-defined]
         deadline = time.monotonic() + limit
         with pymongo.timeout(limit):
             async with await self.client.start_session() as session:
@@ -192,7 +194,8 @@ class EventStore:
                         await session.commit_transaction()
                         return results
                     except BaseException as exc:
-                        if session.in_transaction:
+                        # (Motor's stubs declare the ``in_transaction`` property as a method.)
+                        if session.in_transaction:  # type: ignore[truthy-function]
                             # Not Motor's `async with`: its abort, failing too (the client
                             # closed at shutdown), replaced the error, a cancellation included,
                             # and the writer then retried forever: the process never exited.
@@ -680,3 +683,55 @@ def _holds_more(stream: Any) -> bool:
         return bool(stream._cursor._has_next())
     except AttributeError:
         return False
+
+
+# -- the server registry: which servers use this database, and in which mode -----------------
+#
+# ``servers``: ``{_id: server id, mode: "local" | "cluster", machine, host, pid, started,
+# expires_at}``, one document per running server process (see ``chatapp/registry.py``, the
+# only caller). ``expires_at`` is on MongoDB's clock (``$$NOW``), so app machines whose clocks
+# differ still agree on which registrations are live; the TTL index only tidies up (MongoDB's
+# TTL monitor runs once a minute), liveness is always decided by comparing with ``$$NOW``.
+
+
+def _servers(store: EventStore) -> Any:
+    return store.events.database["servers"]
+
+
+async def create_server_index(store: EventStore) -> None:
+    await _servers(store).create_index("expires_at", expireAfterSeconds=0)
+
+
+async def register_server(
+    store: EventStore, server_id: str, info: dict[str, Any], ttl: float
+) -> None:
+    """Record (or refresh) server ``server_id`` with ``info``, live for ``ttl`` s from now."""
+    await _servers(store).update_one({"_id": server_id}, [
+        {"$set": {**{k: {"$literal": v} for k, v in info.items()},
+                  "started": {"$ifNull": ["$started", "$$NOW"]},
+                  "expires_at": {"$add": ["$$NOW", int(ttl * 1000)]}}},
+    ], upsert=True)
+
+
+async def renew_server(store: EventStore, server_id: str, ttl: float) -> bool:
+    """Extend the registration by ``ttl`` s from now; False if it is gone (it expired, or
+    another server removed it as stale): the caller registers again."""
+    result = await _servers(store).update_one(
+        {"_id": server_id, "$expr": {"$gt": ["$expires_at", "$$NOW"]}},
+        [{"$set": {"expires_at": {"$add": ["$$NOW", int(ttl * 1000)]}}}],
+    )
+    return bool(result.matched_count)
+
+
+async def live_servers(store: EventStore) -> list[dict[str, Any]]:
+    """Every registration not yet expired, with ``seconds_left`` until it does."""
+    pipeline = [
+        {"$match": {"$expr": {"$gt": ["$expires_at", "$$NOW"]}}},
+        {"$addFields": {"seconds_left": {
+            "$divide": [{"$subtract": ["$expires_at", "$$NOW"]}, 1000]}}},
+    ]
+    return await _servers(store).aggregate(pipeline).to_list(None)
+
+
+async def remove_server(store: EventStore, server_id: str) -> None:
+    await _servers(store).delete_one({"_id": server_id})

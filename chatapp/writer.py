@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from chatapp import metrics
 from chatapp.errors import store_unavailable
 from chatapp.rules import parse_id
 from chatapp.store import Appended, EventStore, StoreError
@@ -151,10 +152,10 @@ class RoomWriter:
                 try:
                     if time_left <= 0:
                         raise TimeoutError("no time left to store this batch")
-                    results: list[Appended | None] = await asyncio.wait_for(
+                    results: list[Appended | None] = list(await asyncio.wait_for(
                         self.store.append(self.room, docs, time_left),
                         time_left + APPEND_GRACE_SECONDS,
-                    )
+                    ))
                 except (StoreError, TimeoutError) as exc:
                     log.warning("storing %d event(s) in %s failed: %s", len(docs), self.room, exc)
                     now = loop.time()
@@ -211,6 +212,7 @@ class RoomWriter:
     async def _publish_in_order(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
+        metrics.stored(events)
         if self.last_published is not None:
             last = parse_id(self.last_published())
             first = parse_id(events[0]["id"])

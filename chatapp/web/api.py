@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Any, cast
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
 from chatapp.buffer import Batch
@@ -24,8 +26,10 @@ class SessionAPI(JSONHandler):
         session = await self.current_session()
         self.write_json({"nick": session.nick if session else None})
 
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
+
     async def post(self) -> None:
-        nick = self.body_fields().get("nick")
+        nick: Any = self.body_fields().get("nick")  # any JSON value: create() checks it
         current = await self.current_session()
         session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
         if current is not None:
@@ -92,7 +96,8 @@ def _form_bool(value: object) -> object:
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport."""
+    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport. No HEAD (405):
+    a long-poll waits for events and counts as presence, neither of which a HEAD wants."""
 
     waiter: PollWaiter | None = None
 
@@ -107,7 +112,8 @@ class UpdatesAPI(JSONHandler):
             session, room, cursor, timeout, self.request.remote_ip or "", self._park
         )
         if entries is None:
-            if self.request.connection.stream.closed():
+            # Tornado's HTTPServer always serves a request over an HTTP1Connection.
+            if cast(HTTP1Connection, self.request.connection).stream.closed():
                 return  # the client is gone; nobody to answer
             raise ChatError("no_session", "The session has ended.", 401)
         # The events were encoded once when published (and a woken batch joined once for all
@@ -142,11 +148,15 @@ class HistoryAPI(JSONHandler):
         events, has_more = await self.chat.history(room, before, limit)
         self.write_json({"events": events, "has_more": has_more})
 
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
+
 
 class PresenceAPI(JSONHandler):
     async def get(self, room: str) -> None:
         rules.check_room(room)
         self.write_json({"nicks": await self.chat.present(room)})
+
+    head = get  # HEAD answers as GET does, without the body (Tornado drops it)
 
 
 class HealthAPI(JSONHandler):
@@ -161,6 +171,8 @@ class HealthAPI(JSONHandler):
             )
             return
         self.write_json({"status": "ok"})
+
+    head = get  # uptime checkers use HEAD; the same status, without the body
 
 
 class NotFoundAPI(JSONHandler):

@@ -60,6 +60,7 @@ class ChatHandlerMixin:
 
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
+            # A mixin: the handler it is mixed into has set_header.
             self.set_header(name, value)  # type: ignore[attr-defined]
 
 

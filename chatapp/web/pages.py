@@ -27,6 +27,8 @@ class JoinPage(locale.LocaleMixin, BaseHandler):
             return
         self.render("join.html", room=room, nick="", error=None)
 
+    head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
+
     async def post(self) -> None:
         """``POST /join``: choose a nickname; 303 to the room, or the form again with why not."""
         nick = self.get_body_argument("nick", "")
@@ -120,7 +122,10 @@ class RoomPage(locale.LocaleMixin, BaseHandler):
             page_json=script_json(data),
         )
 
+    head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
+
     def write_error(self, status_code: int, **kwargs: object) -> None:
+        # Tornado passes exc_info as a (type, value, traceback) tuple; kwargs are untyped.
         exc = kwargs.get("exc_info", (None, None, None))[1]  # type: ignore[index]
         if isinstance(exc, ChatError):
             status_code = exc.status

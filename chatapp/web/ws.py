@@ -80,6 +80,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's own refusals before get() runs (a room name that is not UTF-8) in the
         contract's JSON shape too, like the refusals get() makes."""
+        # Borrowed: it uses only what a WebSocketHandler has too (set_status, finish).
         JSONHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def check_origin(self, origin: str) -> bool:
@@ -95,7 +96,10 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         # turns TCP_NODELAY off again after the handshake), a sender's ack, written right
         # after its own message's event frame, waited for the client's delayed ACK: 40 ms.
         self.set_nodelay(True)
-        self.ws_connection.stream.max_write_buffer_size = MAX_PENDING_OUTPUT  # type: ignore
+        # open() runs on an established connection: it has a stream (None only in the types).
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is not None:
+            stream.max_write_buffer_size = MAX_PENDING_OUTPUT
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
             if self.closed:
@@ -147,7 +151,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             start = end
             if start < len(fresh):
                 try:
-                    # Resolves once the client has taken everything written before it.
+                    # Resolves once the client has taken everything written before it. (None
+                    # or streamless only once closed: the AttributeError below.)
                     await self.ws_connection.stream.write(b"")  # type: ignore[union-attr]
                 except (StreamClosedError, AttributeError):
                     return  # it went away: on_close cleans up
@@ -202,7 +207,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             return False
-        stream = conn.stream  # type: ignore[attr-defined]
+        stream = conn.stream
+        if stream is None:  # never on an open connection; None only in Tornado's types
+            return False
         if not stream.writing() and not isinstance(stream, SSLIOStream):
             # Nothing queued before it: hand it to the socket now. A frame almost always goes
             # out whole in one send(), without the Future and callback IOStream.write makes
@@ -226,7 +233,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             try:
                 self.close(CLOSE_TRY_LATER, "too slow; reconnect with your cursor")
             except StreamBufferFullError:
-                # Not even the close frame fits: drop the connection outright.
+                # Not even the close frame fits: drop the connection outright. (Open, so
+                # ws_connection is set: None only in Tornado's types.)
                 self.ws_connection.stream.close()  # type: ignore[union-attr]
         except (tornado.websocket.WebSocketClosedError, StreamClosedError):
             pass
