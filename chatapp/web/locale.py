@@ -45,7 +45,7 @@ LANG_COOKIE_DAYS = 365
 PLURAL_TABLE_SIZE = 200
 
 _lock = threading.Lock()
-_loaded = False
+_loaded = threading.Event()
 
 
 def N_(message: str) -> str:
@@ -93,11 +93,10 @@ def compile_catalogues(source: Path, target: Path) -> list[str]:
 
 def load() -> None:
     """Compile (where needed) and load the catalogues into Tornado; once per process."""
-    global _loaded
-    if _loaded:  # every page asks: no lock once done
+    if _loaded.is_set():  # every page asks: no lock once done
         return
     with _lock:
-        if _loaded:
+        if _loaded.is_set():  # another thread loaded them while this one waited
             return
         target = LOCALE_DIR
         try:
@@ -108,7 +107,7 @@ def load() -> None:
             compile_catalogues(LOCALE_DIR, target)
         tornado.locale.set_default_locale(DEFAULT_LANGUAGE)
         tornado.locale.load_gettext_translations(str(target), DOMAIN)
-        _loaded = True
+        _loaded.set()
 
 
 def choose(cookie: str | None, accept_language: str | None) -> str:
