@@ -19,6 +19,7 @@ from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
 from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
+from chatapp.web.address import split_list
 
 log = logging.getLogger("chatapp")
 
@@ -109,9 +110,13 @@ async def serve(
         chat,
         cookie_secret=cookie_secret,
         poll_timeout=opts.poll_timeout,
-        allowed_origins=tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip()),
+        allowed_origins=split_list(opts.allowed_origins),
+        trusted_proxies=split_list(opts.trusted_proxies),
+        hosts=split_list(opts.hosts),
     )
-    server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
+    # xheaders off: the proxy headers are believed from --trusted_proxies only (the app's
+    # Edge decides, web/address.py).
+    server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=False)
     server.add_sockets(sockets)
 
     stopping = asyncio.Event()

@@ -47,6 +47,10 @@ class ChatServer:
         }
         poll_timeout = self.options.pop("poll_timeout", 25.0)
         allowed_origins = self.options.pop("allowed_origins", ())
+        # Test clients all come from 127.0.0.1: trusting it lets a test come from another
+        # address with X-Real-IP; the trusted-proxy tests pass their own list.
+        trusted_proxies = self.options.pop("trusted_proxies", ("127.0.0.1",))
+        hosts = self.options.pop("hosts", ())
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -57,9 +61,10 @@ class ChatServer:
             cookie_secret="test-secret-" + self.db_name,
             poll_timeout=poll_timeout,
             allowed_origins=allowed_origins,
+            trusted_proxies=trusted_proxies,
+            hosts=hosts,
         )
-        # xheaders as in __main__: a test can come from another address with X-Real-IP.
-        self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=True)
+        self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=False)
         self.server.listen(self.port, "127.0.0.1")
         return self
 
@@ -189,10 +194,13 @@ class Client:
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
         return await self.get_json(f"/api/rooms/{room}/updates{query}")
 
-    async def ws(self, room: str, cursor: str | None = None, origin: str | None = None) -> Socket:
+    async def ws(
+        self, room: str, cursor: str | None = None, origin: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Socket:
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
         url = self.base_url.replace("http", "ws", 1) + f"/api/rooms/{room}/ws{query}"
-        headers = {"Cookie": self._cookie_header()}
+        headers = {**(headers or {}), "Cookie": self._cookie_header()}
         if origin:
             headers["Origin"] = origin
         conn = await websocket_connect(HTTPRequest(url, headers=headers))

@@ -145,6 +145,19 @@ class JSONHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": code, "message": message}))
 
+class RefuseHost(JSONHandler):
+    """Any request whose ``Host`` is not one of ``--hosts`` (DNS rebinding: a name the
+    attacker controls, pointed at this server's address)."""
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # refused below whatever the method; nothing is changed
+
+    def prepare(self) -> None:
+        raise ChatError(
+            "bad_host",
+            f"This server does not answer for the host name {self.request.host_name!r}.",
+            400,
+        )
 
 
 def as_chat_error(status_code: int, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 import tornado.websocket
 from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
@@ -22,6 +21,7 @@ from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
 from chatapp.store import StoreError
+from chatapp.web.address import normal_origin, own_origin
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,13 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         sid = self.get_signed_cookie(SESSION_COOKIE)
         cursor = self.get_query_argument("cursor", None)
         try:
+            origin = self.request.headers.get("Origin")
+            if origin is not None and not self.check_origin(origin):
+                # Checked here, not left to Tornado: its own fallback compares host and port
+                # but not the scheme.
+                raise ChatError(
+                    "bad_origin",
+                    f"Pages of {origin!r} may not open this server's WebSocket.", 403)
             try:
                 session = await self.chat.sessions.get(sid.decode()) if sid else None
             except StoreError:
@@ -78,11 +85,16 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         """Only pages of this server (or of ``--allowed_origins``) may open a socket with the
-        visitor's cookie; this is what stops another site from chatting in their name."""
-        allowed = self.settings.get("allowed_origins", ())
-        if origin in allowed:
-            return True
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+        visitor's cookie; this is what stops another site from chatting in their name.
+
+        The whole origin is compared, scheme and port included: ``http://`` does not pass for
+        a site served over ``https://`` (the scheme comes from the socket, or from a trusted
+        proxy's X-Forwarded-Proto: ``address.Edge.resolve``)."""
+        mine = normal_origin(origin)
+        if mine is None:
+            return False  # "null" (a sandboxed frame, a file), or not an http(s) origin
+        return mine in self.settings.get("allowed_origins", ()) or mine == own_origin(
+            self.request)
 
     async def open(self, room: str) -> None:
         # Every write is whole frames, meant to leave now. With Nagle's algorithm on (Tornado
