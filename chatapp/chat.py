@@ -20,8 +20,8 @@ from chatapp import rules
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.feed import ChangeFeed
-from chatapp.limits import ConnectionLimits
-from chatapp.presence import Member, Presence
+from chatapp.limits import CappedPresence, ConnectionLimits
+from chatapp.presence import Member
 from chatapp.ratelimit import BURST_FACTOR, TokenBucket, Turns
 from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sessions import Session, Sessions
@@ -116,7 +116,7 @@ class Chat:
         self.grace_period = grace_period
         self.store_timeout = store_timeout
         self.sessions = Sessions(store, unused_session_ttl, new_sessions_per_ip)
-        self.presence = Presence(grace_period)
+        self.presence = CappedPresence(grace_period)
         self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
         # Cluster mode: several processes on one replica set are one chat. Events reach the
         # buffers through the change feed (also this process's own), and presence is decided
@@ -339,15 +339,16 @@ class Chat:
         timeout: float,
         address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
+        present: bool = True,
     ) -> list[Entry] | None:
         """The long-poll: events after ``cursor`` at once if there are any, else wait up to
         ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
-        presence while it waits. None if the client went away (``PollWaiter.cancel``, which
+        presence while it waits (unless not ``present``: caps only, see ``connect``). None if the client went away (``PollWaiter.cancel``, which
         ``on_park`` receives the waiter for) or the session ended meanwhile."""
         waiter = PollWaiter(cursor)
         if on_park is not None:
             on_park(waiter)
-        buffer = await self.connect(session, room, waiter, address)
+        buffer = await self.connect(session, room, waiter, address, present)
         try:
             # Parked before reading, so an event published between the read and the wait
             # still wakes us.
@@ -397,18 +398,21 @@ class Chat:
     # -- connections and presence --------------------------------------------------------------
 
     async def connect(
-        self, session: Session, room: str, conn: Any, address: str
+        self, session: Session, room: str, conn: Any, address: str, present: bool = True
     ) -> MessageBuffer:
         """Count a connection (a WebSocket, or a pending long-poll) from ``address`` as open in
         ``room``. Refuses it (``too_many_connections``) past the per-session or per-address
-        cap. Every successful ``connect`` must be paired with one ``disconnect``."""
+        cap. Every successful ``connect`` must be paired with one ``disconnect``. Not
+        ``present``: counted against the caps, but no presence and no join."""
         self.limits.acquire(session.sid, address)
         try:
             buffer = await self.room(room)
+            if present:
+                self.presence.admit(room, session.sid)  # too_many_rooms, joins too fast
         except BaseException:
             self.limits.release(session.sid, address)
             raise
-        if self.presence.connect(room, session.sid, session.nick, conn):
+        if present and self.presence.connect(room, session.sid, session.nick, conn):
             self._presence_changed(room)
             # A LocalRoster answers without suspending, so the join is queued before anything
             # this connection can send.

@@ -190,9 +190,18 @@ class Client:
             f"/api/rooms/{room}/messages", {"text": text, "client_id": client_id}
         )
 
-    async def poll(self, room: str, cursor: str | None = None) -> tuple[int, Any]:
+    async def poll(
+        self, room: str, cursor: str | None = None, xsrf: bool = True
+    ) -> tuple[int, Any]:
+        """A long-poll, with the XSRF token in ``X-XSRFToken`` as the page sends it (without
+        it the poll does not count as presence)."""
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
-        return await self.get_json(f"/api/rooms/{room}/updates{query}")
+        headers = {}
+        if xsrf:
+            if "_xsrf" not in self.cookies:
+                await self.request("GET", "/api/session")
+            headers["X-XSRFToken"] = self.cookies.get("_xsrf", "")
+        return await self.get_json(f"/api/rooms/{room}/updates{query}", headers=headers)
 
     async def ws(
         self, room: str, cursor: str | None = None, origin: str | None = None,

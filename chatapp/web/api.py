@@ -53,7 +53,13 @@ class MessagesAPI(JSONHandler):
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport."""
+    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport.
+
+    A poll counts as presence (joins the room) only when it carries the XSRF token in
+    ``X-XSRFToken``, as the page's polls do: a GET is what any other site can make a
+    visitor's browser send with their cookie (an ``<img src>``), and it must change nothing.
+    Without the token it is answered all the same, as a read, still counted against the
+    connection caps while it waits."""
 
     waiter: PollWaiter | None = None
 
@@ -65,7 +71,8 @@ class UpdatesAPI(JSONHandler):
             rules.check_cursor(cursor)
         timeout = self.settings["poll_timeout"] * random.uniform(1 - POLL_JITTER, 1)
         entries = await self.chat.poll(
-            session, room, cursor, timeout, self.request.remote_ip or "", self._park
+            session, room, cursor, timeout, self.request.remote_ip or "", self._park,
+            present=self.carries_xsrf_header(),
         )
         if entries is None:
             if self.request.connection.stream.closed():

@@ -84,6 +84,19 @@ class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
             raise ChatError("no_session", "Choose a nickname first.", 401)
         return session
 
+    def carries_xsrf_header(self) -> bool:
+        """True when ``X-XSRFToken`` holds this visitor's XSRF token. Only the site's own pages
+        can send it: another site can neither read the ``_xsrf`` cookie nor add a header to a
+        cross-site request (that needs CORS, which this server never grants). A GET that
+        changes state (a long-poll counting as presence) asks this first."""
+        if not self.request.headers.get("X-Xsrftoken") or "_xsrf" in self.request.arguments:
+            return False  # check_xsrf_cookie would read an _xsrf argument before the header
+        try:
+            self.check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            return False
+        return True
+
     def set_session_cookie(self, session: Session) -> None:
         self.set_signed_cookie(
             SESSION_COOKIE,
