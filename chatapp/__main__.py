@@ -11,21 +11,19 @@ import sys
 from typing import Any
 
 import tornado.options
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from chatapp import options as chat_options
 from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
+from chatapp.logs import install as rate_limit_log_lines
 from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
 from chatapp.web.address import split_list
+from chatapp.web.server import make_server
 
 log = logging.getLogger("chatapp")
 
-# No valid request comes near this (messages are refused past 64 KiB with a clear 413 by the
-# handlers); the server-wide cap just stops anyone streaming megabytes at us.
-MAX_REQUEST_BYTES = 1024 * 1024
 # On SIGTERM, how long in-flight sends may take to be stored before the process exits anyway.
 SHUTDOWN_SECONDS = 5.0
 # Connections the kernel queues before we accept them. Tornado's default, 128, overflows when
@@ -39,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (tornado.options.Error, ValueError, OSError) as exc:
         print(f"chatapp: {exc} (see --help)", file=sys.stderr)
         return 2
+    rate_limit_log_lines()
     data_dir = os.path.abspath(opts.data_dir)
     processes = opts.processes if opts.processes > 0 else (os.cpu_count() or 1)
     embedded = None
@@ -114,9 +113,9 @@ async def serve(
         trusted_proxies=split_list(opts.trusted_proxies),
         hosts=split_list(opts.hosts),
     )
-    # xheaders off: the proxy headers are believed from --trusted_proxies only (the app's
-    # Edge decides, web/address.py).
-    server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=False)
+    # Proxy headers believed from --trusted_proxies only (web/address.py), a cap on open
+    # connections, idle and body timeouts (web/server.py).
+    server = make_server(app, max_connections=opts.max_connections)
     server.add_sockets(sockets)
 
     stopping = asyncio.Event()
