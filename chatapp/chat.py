@@ -406,9 +406,9 @@ class Chat:
         ``present``: counted against the caps, but no presence and no join."""
         self.limits.acquire(session.sid, address)
         try:
-            buffer = await self.room(room)
-            if present:
+            if present:  # before loading: a refused room costs no query and no buffer
                 self.presence.admit(room, session.sid)  # too_many_rooms, joins too fast
+            buffer = await self.room(room)
         except BaseException:
             self.limits.release(session.sid, address)
             raise

@@ -66,9 +66,10 @@ class CappedPresence(Presence):
     its grace period) and a rate limit on its joins.
 
     ``admit(room, sid)`` refuses (a ``ChatError``, 429) the connection that would make the
-    session join one room too many, or join too fast; call it just before ``connect``, with
-    no ``await`` between them, so nothing changes in between. Joining a room the session is
-    already a member of is always admitted and costs nothing.
+    session join one room too many, or join too fast; call it before loading the room (a
+    refused room then costs nothing), then ``connect``. Connections of one session admitted
+    while others load can pass the cap together, by at most the session's connection cap.
+    Joining a room the session is already a member of is always admitted and costs nothing.
     """
 
     def __init__(
