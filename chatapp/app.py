@@ -15,6 +15,7 @@ from chatapp import paths, rules
 from chatapp.chat import Chat
 from chatapp.web import api, base, pages, ws
 from chatapp.web.address import Edge, normal_origin
+from chatapp.web.output import FairGate, OutputBudget
 
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
@@ -55,6 +56,9 @@ def make_app(
     return ChatApplication(
         routes,
         edge=Edge(trusted_proxies, hosts),
+        output_budget=OutputBudget(),
+        answer_gate=FairGate(),
+        frame_budgets=ws.FrameBudgets(),
         chat=chat,
         cookie_secret=cookie_secret,
         xsrf_cookies=True,

@@ -19,6 +19,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from chatapp.app import make_app
 from chatapp.chat import Chat
 from chatapp.store import EventStore, connect
+from chatapp.web.server import make_server
 
 # Long enough for a loaded CI machine, short enough that a missing event fails the test fast.
 WAIT_SECONDS = 10.0
@@ -51,6 +52,10 @@ class ChatServer:
         # address with X-Real-IP; the trusted-proxy tests pass their own list.
         trusted_proxies = self.options.pop("trusted_proxies", ("127.0.0.1",))
         hosts = self.options.pop("hosts", ())
+        write_timeout = self.options.pop("write_timeout", 30.0)
+        # make_server's: max_connections, idle_connection_timeout, body_timeout.
+        server_settings = {k: self.options.pop(k) for k in list(self.options)
+                           if k in ("max_connections", "idle_connection_timeout", "body_timeout")}
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -63,8 +68,9 @@ class ChatServer:
             allowed_origins=allowed_origins,
             trusted_proxies=trusted_proxies,
             hosts=hosts,
+            write_timeout=write_timeout,
         )
-        self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=False)
+        self.server = make_server(self.app, **server_settings)
         self.server.listen(self.port, "127.0.0.1")
         return self
 

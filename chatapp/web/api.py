@@ -12,6 +12,7 @@ from chatapp.chat import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter
 from chatapp.errors import ChatError
 from chatapp.store import StoreError
 from chatapp.web.base import JSONHandler
+from chatapp.web.output import gated
 
 # Each long-poll waits a random 90-100 % of poll_timeout, so that thousands of clients parked
 # at the same moment (say, after a restart) do not all come back in the same instant.
@@ -98,6 +99,7 @@ class UpdatesAPI(JSONHandler):
 
 
 class HistoryAPI(JSONHandler):
+    @gated  # a page of up to 200 events: built a few at a time, each address in turn
     async def get(self, room: str) -> None:
         rules.check_room(room)
         before = self.get_query_argument("before", None) or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from asyncio import Future
 from typing import Any
 
 import tornado.web
@@ -13,6 +14,13 @@ from chatapp.chat import Chat
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
 from chatapp.store import StoreError
+from chatapp.web.output import (
+    SMALL_ANSWER_BYTES,
+    WRITE_SECONDS,
+    OutputBudget,
+    bound_send_buffer,
+    watch_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,27 @@ class ChatHandlerMixin:
 
 
 class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Write the answer, counting it against the unread-output budget until the client
+        has taken it (``output.OutputBudget``): a large answer that does not fit is refused
+        (``ChatError``, answered instead by a small error), and any answer still not taken
+        after ``output.WRITE_SECONDS`` closes its connection."""
+        if chunk is not None:
+            self.write(chunk)
+        # What finish() is about to write (Tornado keeps it in this list until then).
+        size = sum(len(part) for part in self._write_buffer)
+        release = None
+        if size > SMALL_ANSWER_BYTES and not self._finished:
+            budget: OutputBudget = self.settings["output_budget"]
+            release = budget.reserve(self.request.remote_ip or "", size)
+            stream = getattr(self.request.connection, "stream", None)
+            if stream is not None and not stream.closed():
+                bound_send_buffer(stream.socket)
+        future = super().finish()
+        watch_answer(future, release, self.request.connection.close,
+                     self.settings.get("write_timeout", WRITE_SECONDS))
+        return future
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         log_handler_exception(self, typ, value, tb)
