@@ -19,6 +19,7 @@ from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
 from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.ratelimit import BURST_FACTOR, TokenBucket
 from chatapp.sessions import Session
 from chatapp.store import StoreError
 from chatapp.web.address import normal_origin, own_origin
@@ -33,6 +34,41 @@ MAX_PENDING_OUTPUT = 1024 * 1024
 # Close codes: 1001 "going away" on shutdown, 1008 "policy violation" for a logged-out
 # session, 1013 "try again later" for a client too slow to keep up, or refused for now.
 CLOSE_TRY_LATER, CLOSE_SESSION_ENDED = 1013, 1008
+# 1008 again, "policy violation", for a socket that sent frames faster than FRAME_FACTOR times
+# the send rate: an error frame (``flooding``) says so first. No page does this (a browser
+# sends no pings, and the page paces its sends), so the page need not tell it apart.
+CLOSE_FLOODING = 1008
+# Frames of every kind one session's sockets may send together (sends, refused frames, pings,
+# pongs), as a multiple of --rate_limit, in bursts of as many times the send burst. Parsing
+# and refusing a frame costs about what storing a message does: without a count, a ping flood
+# or over-rate long frames from one session took others' send latency from 12 to 656 ms.
+# Four times the rate leaves a client that sends past its rate (and is refused, with
+# rate_limited) room to notice before it is closed.
+FRAME_FACTOR = 4
+
+
+class FrameBudgets:
+    """One token bucket per session, shared by its open sockets; forgotten with the last."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[TokenBucket, int]] = {}
+
+    def open(self, sid: str, rate: float) -> TokenBucket | None:
+        if rate <= 0:
+            return None
+        bucket, sockets = self._buckets.get(sid) or (
+            TokenBucket(rate * FRAME_FACTOR, rate * FRAME_FACTOR * BURST_FACTOR), 0)
+        self._buckets[sid] = (bucket, sockets + 1)
+        return bucket
+
+    def close(self, sid: str) -> None:
+        entry = self._buckets.get(sid)
+        if entry is None:
+            return
+        if entry[1] <= 1:
+            del self._buckets[sid]
+        else:
+            self._buckets[sid] = (entry[0], entry[1] - 1)
 
 
 class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
@@ -40,6 +76,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     room: str
     buffer: MessageBuffer | None = None
     closed = False
+    frames: TokenBucket | None = None
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
@@ -96,11 +133,33 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         return mine in self.settings.get("allowed_origins", ()) or mine == own_origin(
             self.request)
 
+    def _frame_allowed(self) -> bool:
+        """Count one frame from the client against its socket's budget; past it, the socket
+        is told why and closed, and False. No budget when --rate_limit is 0."""
+        if self.frames is None:
+            return True
+        if self.frames.take():
+            return True
+        conn = self.ws_connection
+        if conn is not None and not conn.is_closing():
+            log.info("closing a WebSocket that sent frames too fast (%s)", self.session.nick)
+            self._send_error(ChatError(
+                "flooding", "This socket sent frames faster than the rate limit allows.", 429))
+            self.close(CLOSE_FLOODING, "too many frames")
+        return False
+
+    def on_ping(self, data: bytes) -> None:
+        self._frame_allowed()  # Tornado has answered it already; a flood closes the socket
+
+    def on_pong(self, data: bytes) -> None:
+        self._frame_allowed()
+
     async def open(self, room: str) -> None:
         # Every write is whole frames, meant to leave now. With Nagle's algorithm on (Tornado
         # turns TCP_NODELAY off again after the handshake), a sender's ack, written right
         # after its own message's event frame, waited for the client's delayed ACK: 40 ms.
         self.set_nodelay(True)
+        self.frames = self.settings["frame_budgets"].open(self.session.sid, self.chat.rate_limit)
         self.ws_connection.stream.max_write_buffer_size = MAX_PENDING_OUTPUT  # type: ignore
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
@@ -239,6 +298,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     # -- the client side ----------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
+        if not self._frame_allowed():
+            return  # counted before parsing: parsing is the cost a flood is after
         try:
             frame = json.loads(message)
         # RecursionError: nesting deeper than the parser allows; it used to drop the socket.
@@ -268,6 +329,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.closed = True
+        if self.frames is not None:
+            self.settings["frame_budgets"].close(self.session.sid)
+            self.frames = None
         if self.buffer is not None:
             self.buffer.waiters.discard(self)
             self.chat.disconnect(self.session, self.room, self, self.address)
