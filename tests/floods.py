@@ -102,7 +102,7 @@ def fill_room(base_url: str, room: str, count: int, chars: int = 2000) -> None:
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     opener.open(base_url + "/api/session").read()
-    xsrf = next(c.value for c in jar if c.name == "_xsrf")
+    xsrf = next(c.value or "" for c in jar if c.name == "_xsrf")
 
     def post(path: str, body: dict) -> None:
         req = urllib.request.Request(base_url + path, json.dumps(body).encode(), method="POST",

@@ -8,6 +8,7 @@ from asyncio import Future
 from typing import Any
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
 from chatapp.chat import Chat
@@ -86,12 +87,16 @@ class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
         if size > SMALL_ANSWER_BYTES and not self._finished:
             budget: OutputBudget = self.settings["output_budget"]
             release = budget.reserve(self.request.remote_ip or "", size)
-            stream = getattr(self.request.connection, "stream", None)
-            if stream is not None and not stream.closed():
-                bound_send_buffer(stream.socket)
+        connection = self.request.connection
+        if release is not None and isinstance(connection, HTTP1Connection) and \
+                not connection.stream.closed():
+            bound_send_buffer(connection.stream.socket)
         future = super().finish()
-        watch_answer(future, release, self.request.connection.close,
-                     self.settings.get("write_timeout", WRITE_SECONDS))
+        if isinstance(connection, HTTP1Connection):
+            watch_answer(future, release, connection.close,
+                         self.settings.get("write_timeout", WRITE_SECONDS))
+        elif release is not None:
+            release()
         return future
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
