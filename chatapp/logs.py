@@ -1,8 +1,9 @@
 """Log lines rate-limited: a flood must not become a flood of the log too.
 
 At the open-file limit, every accept failed with a traceback, and the log grew by 5 MB/s. The
-``RepeatFilter`` lets through ``burst`` records of one kind (logger, level and message
-template) per ``period`` seconds; the first one let through after that says how many were
+``RepeatFilter`` lets through ``burst`` records of one kind (logger, level, message
+template, and a leading number argument such as the access log's status) per ``period``
+seconds; the first one let through after that says how many were
 dropped meanwhile. Installed on the root logger's handlers (``install``), it covers every
 logger that propagates, Tornado's and asyncio's included.
 """
@@ -35,7 +36,12 @@ class RepeatFilter(logging.Filter):
         self._windows: dict[tuple[str, int, str], _Window] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg)[:200])
+        template = str(record.msg)[:200]
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[0], int):
+            # The access log's "%d %s %.2fms": a 404 and a 503 are not one kind of line.
+            template = f"{template} {args[0]}"
+        key = (record.name, record.levelno, template)
         now = time.monotonic()
         window = self._windows.get(key)
         if window is None or now - window.start >= self.period:

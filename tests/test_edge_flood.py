@@ -159,13 +159,18 @@ def test_repeated_log_lines_are_dropped_and_counted():
     repeat = RepeatFilter(burst=5, period=0.5)
 
     def record(n: int) -> logging.LogRecord:
-        return logging.LogRecord("x", logging.ERROR, __file__, 1, "accept failed: %s", (n,),
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, "accept failed: %s", (str(n),),
                                  None)
 
     passed = [repeat.filter(record(n)) for n in range(1000)]
     assert passed.count(True) == 5
     other = logging.LogRecord("x", logging.ERROR, __file__, 1, "another", (), None)
     assert repeat.filter(other)  # another kind of line is its own
+    assert repeat.filter(logging.LogRecord("x", logging.ERROR, __file__, 1, "accept failed: %s",
+                                           ("not a number",), None)) is False
+    status = [logging.LogRecord("a", logging.INFO, __file__, 1, "%d %s", (code, "GET /"), None)
+              for code in (404, 429)]
+    assert all(repeat.filter(r) for r in status)  # a 404 and a 429 are not one kind
     time.sleep(0.6)  # the period elapses on purpose
     later = record(1000)
     assert repeat.filter(later)
