@@ -50,7 +50,7 @@ class RepeatFilter(logging.Filter):
             self._windows[key] = _Window(now, 1)
             if window is not None and window.dropped:
                 record.msg = (f"{record.getMessage()} [{window.dropped} more like this were "
-                              f"dropped in {self.period:.0f} s]")
+                              f"dropped in {self.period:g} s]")
                 record.args = ()
             return True
         if window.passed < self.burst:
