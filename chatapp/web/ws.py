@@ -47,8 +47,16 @@ CLOSE_FLOODING = 1008
 FRAME_FACTOR = 4
 
 
+# A flooding socket is closed politely (an error frame, then 1008), but the frames it keeps
+# sending meanwhile are still read and parsed: after this long it is cut off outright.
+FLOOD_ABORT_SECONDS = 0.2
+# Buckets of sessions with no socket open are kept (a flooder that reconnects finds its own
+# bucket still empty) until they are full again; past this many, full ones are forgotten.
+KEEP_BUCKETS = 1000
+
+
 class FrameBudgets:
-    """One token bucket per session, shared by its open sockets; forgotten with the last."""
+    """One token bucket per session, shared by its sockets, kept until it has refilled."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[TokenBucket, int]] = {}
@@ -65,10 +73,11 @@ class FrameBudgets:
         entry = self._buckets.get(sid)
         if entry is None:
             return
-        if entry[1] <= 1:
-            del self._buckets[sid]
-        else:
-            self._buckets[sid] = (entry[0], entry[1] - 1)
+        self._buckets[sid] = (entry[0], max(0, entry[1] - 1))
+        if len(self._buckets) > KEEP_BUCKETS:
+            for key, (bucket, sockets) in list(self._buckets.items()):
+                if not sockets and bucket.is_full():
+                    del self._buckets[key]
 
 
 class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
@@ -146,6 +155,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(ChatError(
                 "flooding", "This socket sent frames faster than the rate limit allows.", 429))
             self.close(CLOSE_FLOODING, "too many frames")
+            asyncio.get_running_loop().call_later(FLOOD_ABORT_SECONDS, conn.stream.close)
         return False
 
     def on_ping(self, data: bytes) -> None:
