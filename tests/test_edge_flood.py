@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import resource
 import socket
 import time
 from collections import Counter
@@ -213,3 +215,29 @@ async def test_refused_frames_count_against_the_rate_and_a_flood_is_closed(serve
         assert (await sock2.next("ack"))["event"]["text"] == f"m{i}"
     assert texts(await history(bo)) == [f"m{i}" for i in range(10)]
     sock2.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_at_the_open_file_limit_connections_are_refused_without_a_traceback_storm(
+        tmp_path, mongo_uri):
+    # --max_connections is derived from the limit at start; lowering the limit afterwards is
+    # "files taken by something else": accept() itself meets "Too many open files".
+    async with running(AppProcess(tmp_path / "app", mongo_uri)) as app:
+        an = await user(app, unique("an"))
+        soft, hard = resource.prlimit(app.pid, resource.RLIMIT_NOFILE)
+        open_now = len(os.listdir(f"/proc/{app.pid}/fd"))
+        resource.prlimit(app.pid, resource.RLIMIT_NOFILE, (open_now + 40, hard))
+        try:
+            socks = await asyncio.to_thread(floods.open_silent, app.port, b"", 300)
+            try:
+                answered = await asyncio.to_thread(floods.wait_answered, socks[100:], 30)
+                assert answered == 200  # refused (503) or closed, each at once
+                assert 503 in {floods.status_of(s) for s in socks[100:]}
+            finally:
+                floods.close_all(socks)
+        finally:
+            resource.prlimit(app.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert (await post(an, "after the limit"))["text"] == "after the limit"
+        log = app.log_tail(10000)
+    assert "Traceback" not in log
+    assert 1 <= log.count("at the open-file limit") <= 6

@@ -7,14 +7,19 @@ with ``xheaders=False``: the proxy headers are the application's decision (``add
 The trap it avoids: Tornado accepts connections until ``accept()`` fails with "Too many open
 files", and then fails again on every turn of the loop, with a traceback each time (5 MB/s of
 log). ``ChatHTTPServer`` stops short of the open-file limit: past ``max_connections`` open
-connections (HTTP and WebSocket alike) a new one is answered ``503`` and closed at once.
+connections (HTTP and WebSocket alike) a new one is answered ``503`` and closed at once; and
+if the limit is met anyway (files taken by something else), ``GuardedListener`` refuses the
+queued connections the same way instead of failing in a loop.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import resource
+import socket
 import time
 import weakref
 from typing import Any
@@ -58,6 +63,63 @@ _REFUSAL = (
 )
 
 
+class GuardedListener:
+    """A listening socket whose ``accept()`` survives the open-file limit.
+
+    At the limit, ``accept()`` fails with EMFILE and the connection stays queued: the socket
+    stays readable, and the loop (Tornado's accept handler raises) fails again at once, with
+    a traceback, forever. Here one file is kept spare: at EMFILE it is closed, the connection
+    accepted with it, answered ``503`` and closed, and the spare taken again; then
+    ``BlockingIOError``, which tells Tornado's handler to wait for the next connection. Every
+    queued connection is refused that way, once each, and the log says so a few times
+    (``chatapp.logs``). ``--max_connections`` keeps the server below the limit; this is for
+    files taken by something else.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._spare: int | None = _spare_file()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)  # fileno, getsockname, ... as the socket's
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return self.sock.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            log.warning("at the open-file limit (%s): refusing a connection", exc.strerror)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            pass
+        else:
+            try:
+                conn.send(_REFUSAL, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            conn.close()
+        self._spare = _spare_file()
+        raise BlockingIOError(errno.EAGAIN, "refused at the open-file limit")
+
+    def close(self) -> None:
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        self.sock.close()
+
+
+def _spare_file() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None  # at the limit already: the next EMFILE tries again
+
+
 def default_max_connections(soft_limit: int | None = None) -> int:
     """The open-file limit (``RLIMIT_NOFILE``, soft) less ``FD_RESERVE`` (less half of it,
     for a small limit), at least ``MIN_CONNECTIONS``."""
@@ -79,6 +141,9 @@ class ChatHTTPServer(HTTPServer):
         self._open: weakref.WeakSet[IOStream] = weakref.WeakSet()
         self._recounted = 0.0
         self.refused = 0
+
+    def add_sockets(self, sockets: Any) -> None:
+        super().add_sockets([GuardedListener(sock) for sock in sockets])
 
     def open_connections(self) -> int:
         return sum(1 for stream in list(self._open) if not stream.closed())
