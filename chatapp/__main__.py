@@ -16,7 +16,7 @@ from tornado.netutil import bind_sockets
 from chatapp import options as chat_options
 from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
-from chatapp.logs import install as rate_limit_log_lines
+from chatapp.logfilter import install as rate_limit_log_lines
 from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
 from chatapp.web.address import split_list

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chatapp.logs import RepeatFilter
+from chatapp.logfilter import RepeatFilter
 from chatapp.web.server import FD_RESERVE, MIN_CONNECTIONS, default_max_connections
 from tests import floods
 from tests.procs import AppProcess, running

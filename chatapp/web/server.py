@@ -72,7 +72,7 @@ class GuardedListener:
     accepted with it, answered ``503`` and closed, and the spare taken again; then
     ``BlockingIOError``, which tells Tornado's handler to wait for the next connection. Every
     queued connection is refused that way, once each, and the log says so a few times
-    (``chatapp.logs``). ``--max_connections`` keeps the server below the limit; this is for
+    (``chatapp.logfilter``). ``--max_connections`` keeps the server below the limit; this is for
     files taken by something else.
     """
 
@@ -151,7 +151,7 @@ class ChatHTTPServer(HTTPServer):
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         if len(self._open) >= self.max_connections and not self._room_left():
             self.refused += 1
-            # The log filter (chatapp.logs) keeps a flood of these to a few lines.
+            # The log filter (chatapp.logfilter) keeps a flood of these to a few lines.
             log.warning("refused a connection: %d open, the cap (--max_connections)",
                         self.max_connections)
             try:
