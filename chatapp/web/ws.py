@@ -17,9 +17,9 @@ from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedErr
 
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
-from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.ratelimit import BURST_FACTOR, TokenBucket
+from chatapp.rooms import MAX_UPDATES
 from chatapp.sessions import Session
 from chatapp.store import StoreError
 from chatapp.web.address import normal_origin, own_origin
@@ -180,7 +180,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self.buffer = buffer
             # Registered before reading the backlog: what is published meanwhile is held
             # and written after it, so nothing falls between the two.
-            self.buffer.waiters.add(self)
+            self.buffer.add_waiter(self)
             await self._catch_up()
         except ChatError as exc:
             # Refused or unavailable for now (a cap, MongoDB down): say why, then close with
@@ -343,5 +343,5 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self.settings["frame_budgets"].close(self.session.sid)
             self.frames = None
         if self.buffer is not None:
-            self.buffer.waiters.discard(self)
+            self.buffer.remove_waiter(self)
             self.chat.disconnect(self.session, self.room, self, self.address)
