@@ -123,8 +123,9 @@ class Reader:
     ) -> list[Entry] | None:
         """The long-poll: events after ``cursor`` at once if there are any, else wait up to
         ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
-        presence while it waits (unless not ``present``: caps only, see ``connect``). None if the client went away (``PollWaiter.cancel``, which
-        ``on_park`` receives the waiter for) or the session ended meanwhile."""
+        presence while it waits (unless not ``present``: caps only, see ``connect``). None
+        if the client went away (``PollWaiter.cancel``, which ``on_park`` receives the waiter
+        for) or the session ended meanwhile."""
         waiter = PollWaiter(cursor)
         if on_park is not None:
             on_park(waiter)
