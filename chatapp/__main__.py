@@ -14,11 +14,13 @@ import time
 from typing import Any
 
 import tornado.options
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from chatapp import options as chat_options
+from chatapp.logfilter import install as rate_limit_log_lines
 from chatapp.supervisor import run_workers
+from chatapp.web.address import split_list
+from chatapp.web.server import make_server
 
 # Not imported here: chatapp.app, .chat, .registry, .store, .logs and .metrics, which import
 # prometheus_client, whose multiprocess mode (--processes) must be chosen before that import
@@ -29,9 +31,6 @@ log = logging.getLogger("chatapp")
 # prometheus_client's switch to its multiprocess mode (metrics.MULTIPROC_ENV, not imported).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# No valid request comes near this (messages are refused past 64 KiB with a clear 413 by the
-# handlers); the server-wide cap just stops anyone streaming megabytes at us.
-MAX_REQUEST_BYTES = 1024 * 1024
 # On SIGTERM, how long in-flight sends may take to be stored before the process exits anyway.
 SHUTDOWN_SECONDS = 5.0
 # Connections the kernel queues before we accept them. Tornado's default, 128, overflows when
@@ -63,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chatapp: {exc} (see --help)", file=sys.stderr)
         return 2
+    rate_limit_log_lines()  # on the handlers logs.configure set up: a flood is not a log flood
     if opts.metrics_port:
         from chatapp import metrics
 
@@ -201,9 +201,13 @@ async def serve(
         chat,
         cookie_secret=cookie_secret,
         poll_timeout=opts.poll_timeout,
-        allowed_origins=tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip()),
+        allowed_origins=split_list(opts.allowed_origins),
+        trusted_proxies=split_list(opts.trusted_proxies),
+        hosts=split_list(opts.hosts),
     )
-    server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
+    # Proxy headers believed from --trusted_proxies only (web/address.py), a cap on open
+    # connections, idle and body timeouts (web/server.py).
+    server = make_server(app, max_connections=opts.max_connections)
     server.add_sockets(sockets)
     metrics_server = None
     if opts.metrics_port:

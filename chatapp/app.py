@@ -8,11 +8,14 @@ import secrets
 from typing import Any
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 from tornado.log import access_log
 
 from chatapp import paths, rules
 from chatapp.chat import Chat
-from chatapp.web import api, pages, ws
+from chatapp.web import api, base, pages, ws
+from chatapp.web.address import Edge, normal_origin
+from chatapp.web.output import FairGate, OutputBudget
 
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
@@ -29,9 +32,13 @@ def make_app(
     cookie_secret: str,
     poll_timeout: float = 25.0,
     allowed_origins: tuple[str, ...] = (),
+    trusted_proxies: tuple[str, ...] = (),
+    hosts: tuple[str, ...] = (),
     debug: bool = False,
     **settings: Any,
 ) -> tornado.web.Application:
+    """The application. Serve it with ``xheaders=False`` (``web.server.make_server``): the
+    proxy headers are believed from ``trusted_proxies`` only (``web.address.Edge``)."""
     routes = [
         (r"/", pages.JoinPage),
         (r"/join", pages.JoinPage),
@@ -51,8 +58,12 @@ def make_app(
         (r"/api/.*", api.NotFoundAPI),
         (r".*", pages.NotFoundPage),
     ]
-    return tornado.web.Application(
+    return ChatApplication(
         routes,
+        edge=Edge(trusted_proxies, hosts),
+        output_budget=OutputBudget(),
+        answer_gate=FairGate(),
+        frame_budgets=ws.FrameBudgets(),
         chat=chat,
         cookie_secret=cookie_secret,
         xsrf_cookies=True,
@@ -61,7 +72,9 @@ def make_app(
         static_path=paths.static_path(),
         static_handler_class=pages.StaticFiles,
         poll_timeout=poll_timeout,
-        allowed_origins=allowed_origins,
+        # Compared as normal_origin() writes them: "https://Chat.example.com:443/" is
+        # "https://chat.example.com".
+        allowed_origins=tuple(normal_origin(o) or o for o in allowed_origins),
         # Larger frames cannot hold a valid message; Tornado closes the socket with 1009.
         websocket_max_message_size=rules.MAX_BODY_BYTES,
         # Pings find connections that vanished without a close (a laptop lid, a dead Wi-Fi),
@@ -72,6 +85,19 @@ def make_app(
         debug=debug,
         **settings,
     )
+
+
+class ChatApplication(tornado.web.Application):
+    """Every request, before routing: the client's address and scheme as ``--trusted_proxies``
+    allow (``Edge.resolve``), and a Host outside ``--hosts`` refused with ``400 bad_host``, on
+    every path (pages, API, WebSocket, static files) alike."""
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        edge: Edge = self.settings["edge"]
+        edge.resolve(request)
+        if not edge.host_allowed(request):
+            return self.get_handler_delegate(request, base.RefuseHost)
+        return super().find_handler(request, **kwargs)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

@@ -23,10 +23,9 @@ from chatapp import kinds, metrics
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
-from chatapp.limits import ConnectionLimits
+from chatapp.limits import CappedPresence, ConnectionLimits
 from chatapp.membership import Membership
 from chatapp.mode import ClusterMode, LocalMode
-from chatapp.presence import Presence
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, Reader, View
 from chatapp.rooms import MAX_UPDATES, ROOM_IDLE_SECONDS, Rooms
 from chatapp.roster import LocalRoster, SharedRoster
@@ -64,7 +63,7 @@ class Chat:
         self.grace_period = grace_period
         self.store_timeout = store_timeout
         self.sessions = Sessions(store, unused_session_ttl, new_sessions_per_ip)
-        self.presence = Presence(grace_period)
+        self.presence = CappedPresence(grace_period)  # rooms per session, joins' rate
         self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
         # Cluster mode: several processes on one replica set are one chat (see mode.py).
         self.mode: LocalMode = (
@@ -205,9 +204,10 @@ class Chat:
         timeout: float,
         address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
+        present: bool = True,
     ) -> list[Entry] | None:
         """The long-poll (see ``Reader.poll``)."""
-        return await self.reader.poll(session, room, cursor, timeout, address, on_park)
+        return await self.reader.poll(session, room, cursor, timeout, address, on_park, present)
 
     async def history(
         self, room: str, before: str | None, limit: int

@@ -22,7 +22,7 @@ from typing import Any
 from chatapp import metrics
 from chatapp.buffer import MessageBuffer
 from chatapp.errors import ChatError, store_unavailable
-from chatapp.limits import ConnectionLimits
+from chatapp.limits import CappedPresence, ConnectionLimits
 from chatapp.mode import LocalMode
 from chatapp.presence import Member, Presence
 from chatapp.rooms import Rooms
@@ -59,19 +59,23 @@ class Membership:
             log.warning("presence from before the restart is lost: %s", exc)
 
     async def connect(
-        self, session: Session, room: str, conn: Any, address: str
+        self, session: Session, room: str, conn: Any, address: str, present: bool = True
     ) -> MessageBuffer:
         """Count a connection (a WebSocket, or a pending long-poll) from ``address`` as open in
         ``room``. Refuses it (``too_many_connections``) past the per-session or per-address
-        cap. Every successful ``connect`` must be paired with one ``disconnect``."""
+        cap. Every successful ``connect`` must be paired with one ``disconnect``. Not
+        ``present``: counted against the caps, but no presence and no join."""
         self.limits.acquire(session.sid, address)
         try:
+            if present and isinstance(self.presence, CappedPresence):
+                # Before loading: a refused room costs no query and no buffer.
+                self.presence.admit(room, session.sid)  # too_many_rooms, joins too fast
             buffer = await self.rooms.get(room)
         except BaseException:
             self.limits.release(session.sid, address)
             raise
         metrics.connection_opened(conn)
-        if self.presence.connect(room, session.sid, session.nick, conn):
+        if present and self.presence.connect(room, session.sid, session.nick, conn):
             self.rooms.presence_changed(room)
             # A LocalRoster answers without suspending, so the join is queued before anything
             # this connection can send.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tornado.options import OptionParser, options
 
+from chatapp.web.address import parse_networks, split_list
+
 define = options.define
 
 define("port", default=8888, type=int, help="TCP port to listen on")
@@ -53,6 +55,18 @@ define("log_format", default="text",
        help="text (for people) or json (one JSON object per line: ts, level, logger, message, "
             "exc_info)")
 
+# -- the edge: who the client is, which host names, how many connections (issue 13) ---------
+define("trusted_proxies", default="",
+       help="addresses or networks, comma-separated, of reverse proxies whose X-Real-IP, "
+            "X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else they are "
+            "ignored (default: none)")
+define("hosts", default="",
+       help="host names, comma-separated, the Host header may carry (against DNS "
+            "rebinding); any other is refused with 400 bad_host. Empty: any")
+define("max_connections", default=0, type=int,
+       help="open connections (of every kind) this process accepts; past it a new one is "
+            "answered 503 and closed. 0: the open-file limit less a reserve")
+
 
 def parse(args: list[str] | None = None, parser: OptionParser = options) -> OptionParser:
     """Parse the command line, then the ``--config`` file, then the command line again.
@@ -64,4 +78,7 @@ def parse(args: list[str] | None = None, parser: OptionParser = options) -> Opti
     if parser.config:
         parser.parse_config_file(parser.config, final=False)
         parser.parse_command_line(args)
+    parse_networks(split_list(parser.trusted_proxies))  # a bad address: ValueError, at start
+    if parser.max_connections < 0:
+        raise ValueError("--max_connections must be 0 (automatic) or more")
     return parser

@@ -156,15 +156,17 @@ class Reader:
         timeout: float,
         address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
+        present: bool = True,
     ) -> list[Entry] | None:
         """The long-poll: events after ``cursor`` at once if there are any, else wait up to
         ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
-        presence while it waits. None if the client went away (``PollWaiter.cancel``, which
-        ``on_park`` receives the waiter for) or the session ended meanwhile."""
+        presence while it waits (unless not ``present``: caps only, see ``connect``). None
+        if the client went away (``PollWaiter.cancel``, which ``on_park`` receives the waiter
+        for) or the session ended meanwhile."""
         waiter = PollWaiter(cursor)
         if on_park is not None:
             on_park(waiter)
-        buffer = await self.membership.connect(session, room, waiter, address)
+        buffer = await self.membership.connect(session, room, waiter, address, present)
         try:
             # Parked before reading, so an event published between the read and the wait
             # still wakes us.

@@ -48,6 +48,13 @@ ID_DIGITS = 12
 _ID_RE = re.compile(rf"[0-9]{{{ID_DIGITS}}}")
 # Newline and tab are the only control characters a chat line may carry.
 _ALLOWED_CONTROLS = {"\n", "\t"}
+# Bidirectional embeddings and overrides (LRE, RLE, PDF, LRO, RLO: U+202A-U+202E) make text
+# display in an order other than the one it was typed in ("0001$" shown as "$1000"), and an
+# unterminated one reorders whatever the page shows after it. Refused. The isolates
+# (U+2066-U+2069) and the marks (U+200E, U+200F), which mixed-direction text needs, stay:
+# an isolate cannot reach outside its own span, and the page shows every message in its own
+# element (dir=auto), which closes any isolate left open.
+_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e")
 _NICK_PUNCTUATION = {"_", "-", "."}
 
 
@@ -77,6 +84,14 @@ def check_text(text: object) -> str:
         if ch not in _ALLOWED_CONTROLS and _is_control(ch):
             raise ChatError(
                 "bad_text", "The message contains control characters.", 400
+            )
+        if ch in _BIDI_OVERRIDES:
+            raise ChatError(
+                "bad_text",
+                f"The message contains a bidirectional override (U+{ord(ch):04X}), which "
+                "would show the text in another order than it was typed; use the isolates "
+                "U+2066-U+2069 or the marks U+200E/U+200F instead.",
+                400,
             )
     text = text.strip()
     if not text:

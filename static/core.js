@@ -182,10 +182,11 @@
     xhr.setRequestHeader("Accept", "application/json");
     if (method === "GET") {
       xhr.setRequestHeader("Cache-Control", "no-cache");
-    } else {
-      token = xsrfToken();
-      if (token) { xhr.setRequestHeader("X-XSRFToken", token); }
     }
+    // On every request, GETs included: a long-poll counts as presence only with the token
+    // (so that another site's GET, which cannot carry it, makes nobody join a room).
+    token = xsrfToken();
+    if (token) { xhr.setRequestHeader("X-XSRFToken", token); }
     if (body !== null && body !== undefined) {
       xhr.setRequestHeader("Content-Type", "application/json; charset=utf-8");
     }

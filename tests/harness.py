@@ -19,6 +19,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from chatapp.app import make_app
 from chatapp.chat import Chat
 from chatapp.store import EventStore, connect
+from chatapp.web.server import make_server
 
 # Long enough for a loaded CI machine, short enough that a missing event fails the test fast.
 WAIT_SECONDS = 10.0
@@ -47,6 +48,14 @@ class ChatServer:
         }
         poll_timeout = self.options.pop("poll_timeout", 25.0)
         allowed_origins = self.options.pop("allowed_origins", ())
+        # Test clients all come from 127.0.0.1: trusting it lets a test come from another
+        # address with X-Real-IP; the trusted-proxy tests pass their own list.
+        trusted_proxies = self.options.pop("trusted_proxies", ("127.0.0.1",))
+        hosts = self.options.pop("hosts", ())
+        write_timeout = self.options.pop("write_timeout", 30.0)
+        # make_server's: max_connections, idle_connection_timeout, body_timeout.
+        server_settings = {k: self.options.pop(k) for k in list(self.options)
+                           if k in ("max_connections", "idle_connection_timeout", "body_timeout")}
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -57,9 +66,11 @@ class ChatServer:
             cookie_secret="test-secret-" + self.db_name,
             poll_timeout=poll_timeout,
             allowed_origins=allowed_origins,
+            trusted_proxies=trusted_proxies,
+            hosts=hosts,
+            write_timeout=write_timeout,
         )
-        # xheaders as in __main__: a test can come from another address with X-Real-IP.
-        self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=True)
+        self.server = make_server(self.app, **server_settings)
         self.server.listen(self.port, "127.0.0.1")
         return self
 
@@ -185,14 +196,26 @@ class Client:
             f"/api/rooms/{room}/messages", {"text": text, "client_id": client_id}
         )
 
-    async def poll(self, room: str, cursor: str | None = None) -> tuple[int, Any]:
+    async def poll(
+        self, room: str, cursor: str | None = None, xsrf: bool = True
+    ) -> tuple[int, Any]:
+        """A long-poll, with the XSRF token in ``X-XSRFToken`` as the page sends it (without
+        it the poll does not count as presence)."""
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
-        return await self.get_json(f"/api/rooms/{room}/updates{query}")
+        headers = {}
+        if xsrf:
+            if "_xsrf" not in self.cookies:
+                await self.request("GET", "/api/session")
+            headers["X-XSRFToken"] = self.cookies.get("_xsrf", "")
+        return await self.get_json(f"/api/rooms/{room}/updates{query}", headers=headers)
 
-    async def ws(self, room: str, cursor: str | None = None, origin: str | None = None) -> Socket:
+    async def ws(
+        self, room: str, cursor: str | None = None, origin: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Socket:
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
         url = self.base_url.replace("http", "ws", 1) + f"/api/rooms/{room}/ws{query}"
-        headers = {"Cookie": self._cookie_header()}
+        headers = {**(headers or {}), "Cookie": self._cookie_header()}
         if origin:
             headers["Origin"] = origin
         conn = await websocket_connect(HTTPRequest(url, headers=headers))

@@ -153,7 +153,10 @@ def site(mongod, tmp_path_factory) -> Iterator[tuple[Nginx, AppProcess, AppProce
         _skip_or_fail(f"{NGINX} not installed: apt-get install nginx-light")
     uri = mongod if isinstance(mongod, str) else mongod.uri
     tmp = tmp_path_factory.mktemp("nginx-site")
-    options = {"cluster": True, "poll_timeout": 10, "grace_period": 5}
+    # nginx reaches the backends from 127.0.0.1: its X-Real-IP and X-Forwarded-Proto are
+    # believed from there only, as config/nginx.conf tells an operator to set up.
+    options = {"cluster": True, "poll_timeout": 10, "grace_period": 5,
+               "trusted_proxies": "127.0.0.1"}
     backend_a = AppProcess(tmp / "machine-a", uri, **options)
     backend_b = AppProcess(tmp / "machine-b", uri, **options)
     started: list[Any] = []

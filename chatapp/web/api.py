@@ -14,6 +14,7 @@ from chatapp.errors import ChatError
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, View
 from chatapp.store import StoreError
 from chatapp.web.base import JSONHandler
+from chatapp.web.output import gated
 
 # Each long-poll waits a random 90-100 % of poll_timeout, so that thousands of clients parked
 # at the same moment (say, after a restart) do not all come back in the same instant.
@@ -96,8 +97,14 @@ def _form_bool(value: object) -> object:
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport. No HEAD (405):
-    a long-poll waits for events and counts as presence, neither of which a HEAD wants."""
+    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport.
+
+    A poll counts as presence (joins the room) only when it carries the XSRF token in
+    ``X-XSRFToken``, as the page's polls do: a GET is what any other site can make a
+    visitor's browser send with their cookie (an ``<img src>``), and it must change nothing.
+    Without the token it is answered all the same, as a read, still counted against the
+    connection caps while it waits. No HEAD (405): a long-poll waits
+    for events and counts as presence, neither of which a HEAD wants."""
 
     waiter: PollWaiter | None = None
 
@@ -109,7 +116,8 @@ class UpdatesAPI(JSONHandler):
             rules.check_cursor(cursor)
         timeout = self.settings["poll_timeout"] * random.uniform(1 - POLL_JITTER, 1)
         entries = await self.chat.poll(
-            session, room, cursor, timeout, self.request.remote_ip or "", self._park
+            session, room, cursor, timeout, self.request.remote_ip or "", self._park,
+            present=self.carries_xsrf_header(),
         )
         if entries is None:
             # Tornado's HTTPServer always serves a request over an HTTP1Connection.
@@ -139,6 +147,7 @@ class UpdatesAPI(JSONHandler):
 
 
 class HistoryAPI(JSONHandler):
+    @gated  # a page of up to 200 events: built a few at a time, each address in turn
     async def get(self, room: str) -> None:
         rules.check_room(room)
         before = self.get_query_argument("before", None) or None

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+from asyncio import Future
 from typing import Any
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
 from chatapp.chat import Chat
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.sessions import Session
 from chatapp.store import StoreError
+from chatapp.web.output import (
+    SMALL_ANSWER_BYTES,
+    WRITE_SECONDS,
+    OutputBudget,
+    bound_send_buffer,
+    watch_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,31 @@ class ChatHandlerMixin:
 
 class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
 
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Write the answer, counting it against the unread-output budget until the client
+        has taken it (``output.OutputBudget``): a large answer that does not fit is refused
+        (``ChatError``, answered instead by a small error), and any answer still not taken
+        after ``output.WRITE_SECONDS`` closes its connection."""
+        if chunk is not None:
+            self.write(chunk)
+        # What finish() is about to write (Tornado keeps it in this list until then).
+        size = sum(len(part) for part in self._write_buffer)
+        release = None
+        if size > SMALL_ANSWER_BYTES and not self._finished:
+            budget: OutputBudget = self.settings["output_budget"]
+            release = budget.reserve(self.request.remote_ip or "", size)
+        connection = self.request.connection
+        if release is not None and isinstance(connection, HTTP1Connection) and \
+                not connection.stream.closed():
+            bound_send_buffer(connection.stream.socket)
+        future = super().finish()
+        if isinstance(connection, HTTP1Connection):
+            watch_answer(future, release, connection.close,
+                         self.settings.get("write_timeout", WRITE_SECONDS))
+        elif release is not None:
+            release()
+        return future
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         log_handler_exception(self, typ, value, tb)
 
@@ -84,6 +118,19 @@ class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
         if session is None:
             raise ChatError("no_session", "Choose a nickname first.", 401)
         return session
+
+    def carries_xsrf_header(self) -> bool:
+        """True when ``X-XSRFToken`` holds this visitor's XSRF token. Only the site's own pages
+        can send it: another site can neither read the ``_xsrf`` cookie nor add a header to a
+        cross-site request (that needs CORS, which this server never grants). A GET that
+        changes state (a long-poll counting as presence) asks this first."""
+        if not self.request.headers.get("X-Xsrftoken") or "_xsrf" in self.request.arguments:
+            return False  # check_xsrf_cookie would read an _xsrf argument before the header
+        try:
+            self.check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            return False
+        return True
 
     def set_session_cookie(self, session: Session) -> None:
         self.set_signed_cookie(
@@ -146,6 +193,19 @@ class JSONHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": code, "message": message}))
 
+class RefuseHost(JSONHandler):
+    """Any request whose ``Host`` is not one of ``--hosts`` (DNS rebinding: a name the
+    attacker controls, pointed at this server's address)."""
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # refused below whatever the method; nothing is changed
+
+    def prepare(self) -> None:
+        raise ChatError(
+            "bad_host",
+            f"This server does not answer for the host name {self.request.host_name!r}.",
+            400,
+        )
 
 
 def as_chat_error(status_code: int, kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
-from urllib.parse import urlparse
 
 import tornado.websocket
 from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
@@ -20,10 +19,12 @@ from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedErr
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.ratelimit import BURST_FACTOR, TokenBucket
 from chatapp.reading import View
 from chatapp.rooms import MAX_UPDATES
 from chatapp.sessions import Session
 from chatapp.store import StoreError
+from chatapp.web.address import normal_origin, own_origin
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,50 @@ MAX_PENDING_OUTPUT = 1024 * 1024
 # Close codes: 1001 "going away" on shutdown, 1008 "policy violation" for a logged-out
 # session, 1013 "try again later" for a client too slow to keep up, or refused for now.
 CLOSE_TRY_LATER, CLOSE_SESSION_ENDED = 1013, 1008
+# 1008 again, "policy violation", for a socket that sent frames faster than FRAME_FACTOR times
+# the send rate: an error frame (``flooding``) says so first. No page does this (a browser
+# sends no pings, and the page paces its sends), so the page need not tell it apart.
+CLOSE_FLOODING = 1008
+# Frames of every kind one session's sockets may send together (sends, refused frames, pings,
+# pongs), as a multiple of --rate_limit, in bursts of as many times the send burst. Parsing
+# and refusing a frame costs about what storing a message does: without a count, a ping flood
+# or over-rate long frames from one session took others' send latency from 12 to 656 ms.
+# Four times the rate leaves a client that sends past its rate (and is refused, with
+# rate_limited) room to notice before it is closed.
+FRAME_FACTOR = 4
+
+
+# A flooding socket is closed politely (an error frame, then 1008), but the frames it keeps
+# sending meanwhile are still read and parsed: after this long it is cut off outright.
+FLOOD_ABORT_SECONDS = 0.2
+# Buckets of sessions with no socket open are kept (a flooder that reconnects finds its own
+# bucket still empty) until they are full again; past this many, full ones are forgotten.
+KEEP_BUCKETS = 1000
+
+
+class FrameBudgets:
+    """One token bucket per session, shared by its sockets, kept until it has refilled."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[TokenBucket, int]] = {}
+
+    def open(self, sid: str, rate: float) -> TokenBucket | None:
+        if rate <= 0:
+            return None
+        bucket, sockets = self._buckets.get(sid) or (
+            TokenBucket(rate * FRAME_FACTOR, rate * FRAME_FACTOR * BURST_FACTOR), 0)
+        self._buckets[sid] = (bucket, sockets + 1)
+        return bucket
+
+    def close(self, sid: str) -> None:
+        entry = self._buckets.get(sid)
+        if entry is None:
+            return
+        self._buckets[sid] = (entry[0], max(0, entry[1] - 1))
+        if len(self._buckets) > KEEP_BUCKETS:
+            for key, (bucket, sockets) in list(self._buckets.items()):
+                if not sockets and bucket.is_full():
+                    del self._buckets[key]
 
 
 # A client frame's handler: the frame in, the ack's fields out (ChatError for a refusal).
@@ -46,12 +91,20 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     room: str
     buffer: MessageBuffer | None = None
     closed = False
+    frames: TokenBucket | None = None
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
         sid = self.get_signed_cookie(SESSION_COOKIE)
         cursor = self.get_query_argument("cursor", None)
         try:
+            origin = self.request.headers.get("Origin")
+            if origin is not None and not self.check_origin(origin):
+                # Checked here, not left to Tornado: its own fallback compares host and port
+                # but not the scheme.
+                raise ChatError(
+                    "bad_origin",
+                    f"Pages of {origin!r} may not open this server's WebSocket.", 403)
             try:
                 session = await self.chat.sessions.get(sid.decode()) if sid else None
             except StoreError:
@@ -85,17 +138,45 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         """Only pages of this server (or of ``--allowed_origins``) may open a socket with the
-        visitor's cookie; this is what stops another site from chatting in their name."""
-        allowed = self.settings.get("allowed_origins", ())
-        if origin in allowed:
+        visitor's cookie; this is what stops another site from chatting in their name.
+
+        The whole origin is compared, scheme and port included: ``http://`` does not pass for
+        a site served over ``https://`` (the scheme comes from the socket, or from a trusted
+        proxy's X-Forwarded-Proto: ``address.Edge.resolve``)."""
+        mine = normal_origin(origin)
+        if mine is None:
+            return False  # "null" (a sandboxed frame, a file), or not an http(s) origin
+        return mine in self.settings.get("allowed_origins", ()) or mine == own_origin(
+            self.request)
+
+    def _frame_allowed(self) -> bool:
+        """Count one frame from the client against its socket's budget; past it, the socket
+        is told why and closed, and False. No budget when --rate_limit is 0."""
+        if self.frames is None:
             return True
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+        if self.frames.take():
+            return True
+        conn = self.ws_connection
+        if conn is not None and not conn.is_closing():
+            log.info("closing a WebSocket that sent frames too fast (%s)", self.session.nick)
+            self._send_error(ChatError(
+                "flooding", "This socket sent frames faster than the rate limit allows.", 429))
+            self.close(CLOSE_FLOODING, "too many frames")
+            asyncio.get_running_loop().call_later(FLOOD_ABORT_SECONDS, conn.stream.close)
+        return False
+
+    def on_ping(self, data: bytes) -> None:
+        self._frame_allowed()  # Tornado has answered it already; a flood closes the socket
+
+    def on_pong(self, data: bytes) -> None:
+        self._frame_allowed()
 
     async def open(self, room: str) -> None:
         # Every write is whole frames, meant to leave now. With Nagle's algorithm on (Tornado
         # turns TCP_NODELAY off again after the handshake), a sender's ack, written right
         # after its own message's event frame, waited for the client's delayed ACK: 40 ms.
         self.set_nodelay(True)
+        self.frames = self.settings["frame_budgets"].open(self.session.sid, self.chat.rate_limit)
         # open() runs on an established connection: it has a stream (None only in the types).
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None:
@@ -243,6 +324,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     # -- the client side ----------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
+        if not self._frame_allowed():
+            return  # counted before parsing: parsing is the cost a flood is after
         try:
             frame = json.loads(message)
         # RecursionError: nesting deeper than the parser allows; it used to drop the socket.
@@ -301,6 +384,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.closed = True
+        if self.frames is not None:
+            self.settings["frame_budgets"].close(self.session.sid)
+            self.frames = None
         if self.buffer is not None:
             self.buffer.remove_waiter(self)
             self.chat.disconnect(self.session, self.room, self, self.address)
