@@ -143,7 +143,9 @@ class ChatHTTPServer(HTTPServer):
         self.refused = 0
 
     def add_sockets(self, sockets: Any) -> None:
-        super().add_sockets([GuardedListener(sock) for sock in sockets])
+        # GuardedListener stands in for a socket (it passes every call on but accept).
+        guarded: list[Any] = [GuardedListener(sock) for sock in sockets]
+        super().add_sockets(guarded)
 
     def open_connections(self) -> int:
         return sum(1 for stream in list(self._open) if not stream.closed())

@@ -162,7 +162,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(ChatError(
                 "flooding", "This socket sent frames faster than the rate limit allows.", 429))
             self.close(CLOSE_FLOODING, "too many frames")
-            asyncio.get_running_loop().call_later(FLOOD_ABORT_SECONDS, conn.stream.close)
+            stream = conn.stream  # None only in the types: the socket is open here
+            if stream is not None:
+                asyncio.get_running_loop().call_later(FLOOD_ABORT_SECONDS, stream.close)
         return False
 
     def on_ping(self, data: bytes) -> None:
