@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from chatapp import nicknames
 from chatapp.errors import ChatError
 
 # The contract: text is 1-2000 characters. Long enough for a pasted stack trace, short enough
@@ -79,7 +80,8 @@ def _is_control(ch: str) -> bool:
 
 
 def check_nick(nick: object) -> str:
-    """A nickname as typed, minus surrounding white space; letters and digits of any script."""
+    """A nickname as typed, minus surrounding white space; letters and digits of one script
+    (``nicknames.check_safe``: no invisible or bidi characters, no mixed scripts)."""
     if not isinstance(nick, str):
         raise ChatError("bad_nick", "The nickname must be a string.", 400)
     nick = nick.strip()
@@ -87,6 +89,8 @@ def check_nick(nick: object) -> str:
         raise ChatError(
             "bad_nick", f"Nicknames are 1-{MAX_NICK_CHARS} characters.", 400
         )
+    # First: an invisible or bidi character gets its own message, not "only letters...".
+    nicknames.check_safe(nick)
     for i, ch in enumerate(nick):
         # Combining marks (Devanagari vowel signs, a decomposed "é") belong to the letter
         # before them: "any script" needs them.
@@ -104,8 +108,15 @@ def _is_mark(ch: str) -> bool:
 
 
 def nick_key(nick: str) -> str:
-    """What uniqueness compares: case-insensitive, and "é" typed two ways is one nickname."""
-    return unicodedata.normalize("NFKC", nick).casefold()
+    """What uniqueness compares: the UTS #39 confusable skeleton of the NFKC-casefolded name,
+    so "Ann", "аnn" (Cyrillic а), "ａｎｎ" and "ann" are one nickname. Uniqueness also holds on
+    a second key (``nicknames.keys``); this is the one that names an account."""
+    return nicknames.skeleton(nick)
+
+
+def nick_keys(nick: str) -> nicknames.NickKeys:
+    """Both keys uniqueness compares (see ``chatapp.nicknames``)."""
+    return nicknames.keys(nick)
 
 
 def check_client_id(client_id: object) -> str:
