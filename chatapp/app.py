@@ -11,6 +11,7 @@ import tornado.web
 from tornado.log import access_log
 
 from chatapp import paths, rules
+from chatapp.accounts import Accounts
 from chatapp.chat import Chat
 from chatapp.web import api, pages, ws
 
@@ -35,6 +36,7 @@ def make_app(
         (r"/join", pages.JoinPage),
         (rf"/r/{ROOM}", pages.RoomPage),
         (r"/api/session", api.SessionAPI),
+        (r"/api/account", api.AccountAPI),
         (rf"/api/rooms/{ROOM}/messages", api.MessagesAPI),
         (rf"/api/rooms/{ROOM}/updates", api.UpdatesAPI),
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
@@ -49,6 +51,7 @@ def make_app(
     return tornado.web.Application(
         routes,
         chat=chat,
+        accounts=settings.pop("accounts", None) or Accounts(chat),
         cookie_secret=cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Lax"},
