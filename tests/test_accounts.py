@@ -8,11 +8,15 @@ import logging
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.harness import ChatServer, Client
 from tests.steps import ROOM, eventually, post, unique, user
+from tests.test_es5 import assert_es5
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PASSWORD = "correct horse battery staple"
 
@@ -262,3 +266,8 @@ async def test_a_login_takes_as_long_for_an_unknown_nickname_as_for_a_registered
             unknown.append(await timed(unique("none")))
     ratio = statistics.median(unknown) / statistics.median(registered)
     assert 0.5 < ratio < 2.0, (ratio, registered, unknown)
+
+
+def test_the_account_script_is_es5():
+    """static/account.js is loaded by the room page: old browsers run it too."""
+    assert_es5(ROOT / "static" / "account.js")
