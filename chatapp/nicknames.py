@@ -82,6 +82,9 @@ def _name(ch: str) -> str:
 
 def check_safe(nick: str) -> None:
     """Raise ``bad_nick`` for a nickname that could pass for another or show as nothing."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in nick):
+        # (A JSON body can carry one; ICU and MongoDB cannot.)
+        raise ChatError("bad_nick", "The nickname contains a lone surrogate.", 400)
     for ch in nick:
         if icu.Char.hasBinaryProperty(ch, icu.UProperty.BIDI_CONTROL):
             raise ChatError(

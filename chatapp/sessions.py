@@ -61,7 +61,7 @@ class Sessions:
         self._buckets: dict[str, TokenBucket] = {}
         self._prune_at = MIN_BUCKET_TABLE
 
-    async def create(self, nick: str, address: str = "") -> Session:
+    async def create(self, nick: object, address: str = "") -> Session:
         """A new session holding ``nick``, created from ``address``: ``nick_taken`` if a live
         session holds it, ``rate_limited`` past ``new_per_address`` sessions a minute from
         one address. Either error creates nothing."""

@@ -35,7 +35,9 @@ class JoinPage(BaseHandler):
         try:
             rules.check_room(room)
             current = await self.current_session()
-            if current is not None and rules.nick_key(current.nick) == rules.nick_key(nick.strip()):
+            if current is not None and rules.nick_key(current.nick) == rules.nick_key(
+                rules.check_nick(nick)
+            ):
                 session = current  # choosing the nickname you already hold
             elif password:
                 session = await self.settings["accounts"].login(nick, password, address)
