@@ -110,6 +110,7 @@ async def serve(
         cookie_secret=cookie_secret,
         poll_timeout=opts.poll_timeout,
         allowed_origins=tuple(o.strip() for o in opts.allowed_origins.split(",") if o.strip()),
+        admins=tuple(n for n in opts.admins.split(",") if n.strip()),
     )
     server = HTTPServer(app, max_body_size=MAX_REQUEST_BYTES, xheaders=True)
     server.add_sockets(sockets)

@@ -34,7 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from chatapp import rules
 from chatapp.errors import ChatError
 from chatapp.sessions import ACCOUNT_SESSION_SECONDS, Session, nick_registered
-from chatapp.store import AccountStore
+from chatapp.store import AccountStore, RoleStore
 
 # The contract: 8-256 characters. Eight is the floor NIST SP 800-63B sets; 256 fits any
 # passphrase or password manager and bounds what one hash reads.
@@ -154,6 +154,8 @@ class Accounts:
         if await self.store.account_to_guest(session.sid, key, time.time() + self.chat.sessions.unused_ttl):
             self.chat.sessions.remember(guest)
         await self.store.delete_account(account_id)
+        # Whoever registers the nickname next must not inherit its rooms.
+        await RoleStore(self.chat.store).forget_account(account_id)
         for sid in await self.store.account_sessions(account_id):
             await self.chat.end_session(Session(sid, account["nick"], account=True))
         return guest

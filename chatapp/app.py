@@ -13,7 +13,8 @@ from tornado.log import access_log
 from chatapp import paths, rules
 from chatapp.accounts import Accounts
 from chatapp.chat import Chat
-from chatapp.web import api, pages, ws
+from chatapp.roles import Roles
+from chatapp.web import api, pages, roles_api, ws
 
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
@@ -42,6 +43,9 @@ def make_app(
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
         (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
+        (rf"/api/rooms/{ROOM}/roles", roles_api.RoomRolesAPI),
+        (rf"/api/rooms/{ROOM}/claim", roles_api.RoomClaimAPI),
+        (rf"/api/rooms/{ROOM}/moderators/([^/]+)", roles_api.ModeratorsAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).
@@ -52,6 +56,7 @@ def make_app(
         routes,
         chat=chat,
         accounts=settings.pop("accounts", None) or Accounts(chat),
+        roles=Roles(chat.store, settings.pop("admins", ())),
         cookie_secret=cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Lax"},

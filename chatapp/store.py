@@ -15,6 +15,7 @@ Collections:
   (one per device, so not under those indexes). See "accounts" at the end.
 - ``accounts``: ``{_id: skeleton, cased, nick, hash, created}``; ``attempts``: counters of
   failed logins and of registrations. Both through ``AccountStore`` (at the end).
+- ``rooms``: a room's owner and moderators, through ``RoleStore`` (at the end).
 - ``members`` (cluster mode): presence, one document per (room, session); see
   ``join_member``.
 - ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
@@ -562,6 +563,7 @@ class AccountStore:
     """Accounts, account sessions and attempt counters, over an ``EventStore``'s database."""
 
     def __init__(self, store: EventStore) -> None:
+        self.store = store
         self.sessions = store.sessions
         db = store.sessions.database
         self.accounts = db["accounts"]
@@ -584,6 +586,7 @@ class AccountStore:
             await self.sessions.drop_index("nick_key_1")
         await self.accounts.create_index("cased", unique=True)
         await self.attempts.create_index("expire_at", expireAfterSeconds=0)
+        await RoleStore(self.store).create_indexes()
 
     async def migrate_session_keys(self) -> None:
         """Sessions stored before skeletons (only ``nick_key``) get both keys now. A session
@@ -708,3 +711,54 @@ class AccountStore:
 
     async def clear_attempts(self, key: str) -> None:
         await self.attempts.delete_one({"_id": key})
+
+
+# -- roles: room owners and moderators ----------------------------------------------------------
+#
+# ``rooms``: ``{_id: room, owner: account, owner_nick, moderators: [{key: account, nick}]}``,
+# an account being its skeleton (an ``accounts`` _id). Admins are not stored: they are the
+# ``--admins`` option, the same on every process.
+
+
+class RoleStore:
+    def __init__(self, store: EventStore) -> None:
+        self.rooms = store.sessions.database["rooms"]
+
+    async def create_indexes(self) -> None:
+        # "Which rooms does this account hold a role in": when the account is deleted.
+        await self.rooms.create_index("owner")
+        await self.rooms.create_index("moderators.key")
+
+    async def room(self, room: str) -> dict[str, Any] | None:
+        return await self.rooms.find_one({"_id": room})
+
+    async def claim(self, room: str, account: str, nick: str) -> bool:
+        """Make ``account`` the owner of ``room`` if it has none; False if it has one. One
+        single-document write: of two accounts claiming at once, one wins."""
+        try:
+            await self.rooms.update_one(
+                {"_id": room, "owner": {"$exists": False}},
+                {"$set": {"owner": account, "owner_nick": nick}}, upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the room's document exists, with an owner
+        return True
+
+    async def add_moderator(self, room: str, account: str, nick: str) -> None:
+        await self.rooms.update_one(
+            {"_id": room, "moderators.key": {"$ne": account}},
+            {"$push": {"moderators": {"key": account, "nick": nick}}},
+        )
+
+    async def remove_moderator(self, room: str, account: str) -> None:
+        await self.rooms.update_one({"_id": room}, {"$pull": {"moderators": {"key": account}}})
+
+    async def forget_account(self, account: str) -> None:
+        """The account was deleted: it owns and moderates nothing any more (whoever registers
+        the nickname next must not inherit its rooms)."""
+        await self.rooms.update_many(
+            {"owner": account}, {"$unset": {"owner": "", "owner_nick": ""}}
+        )
+        await self.rooms.update_many(
+            {"moderators.key": account}, {"$pull": {"moderators": {"key": account}}}
+        )

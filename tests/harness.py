@@ -47,6 +47,7 @@ class ChatServer:
         }
         poll_timeout = self.options.pop("poll_timeout", 25.0)
         allowed_origins = self.options.pop("allowed_origins", ())
+        admins = self.options.pop("admins", ())
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -57,6 +58,7 @@ class ChatServer:
             cookie_secret="test-secret-" + self.db_name,
             poll_timeout=poll_timeout,
             allowed_origins=allowed_origins,
+            admins=admins,
         )
         # xheaders as in __main__: a test can come from another address with X-Real-IP.
         self.server = HTTPServer(self.app, max_body_size=1024 * 1024, xheaders=True)
