@@ -3,13 +3,16 @@ registered nickname is nobody else's, guessing is throttled, logins say nothing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import statistics
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import argon2
 import pytest
 
 from tests.harness import ChatServer, Client
@@ -271,3 +274,43 @@ async def test_a_login_takes_as_long_for_an_unknown_nickname_as_for_a_registered
 def test_the_account_script_is_es5():
     """static/account.js is loaded by the room page: old browsers run it too."""
     assert_es5(ROOT / "static" / "account.js")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_argon2_runs_off_the_event_loop_two_at_a_time_at_most(servers):
+    """Every hash (register, login, unknown nickname) runs on the pool's threads, never on
+    the thread that serves everyone's messages, and no more than two run at once."""
+    srv = await servers.start()
+    accounts = srv.app.settings["accounts"]
+    loop_thread = threading.current_thread()
+    seen: list[threading.Thread] = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class Watched(argon2.PasswordHasher):
+        def _watch(self, fn, *args):
+            with lock:
+                seen.append(threading.current_thread())
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                return fn(*args)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        def hash(self, password, **kw):  # type: ignore[override]
+            return self._watch(super().hash, password)
+
+        def verify(self, hash_, password):  # type: ignore[override]
+            return self._watch(super().verify, hash_, password)
+
+    accounts.hasher = Watched()
+    await registered_user(srv, "nia")
+    await asyncio.gather(*[
+        login(srv, "nia" if i % 2 else unique("none"), PASSWORD if i % 3 else "wrong password")
+        for i in range(8)
+    ])
+    assert len(seen) == 9, seen
+    assert loop_thread not in seen
+    assert 1 <= most[0] <= 2, most
