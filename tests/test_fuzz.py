@@ -5,7 +5,7 @@ What every property asserts, whatever was sent: never a 5xx and never a server-s
 WebSocket answers a bad frame with an ``error`` frame, stays open and still acks a valid send
 afterwards; and the contract's invariants hold: ids strictly increase, every stored text obeys
 the text rules, an accepted text is stored exactly as sent after trimming (CR LF and CR become
-LF), and no two live nicknames are equal case-insensitively.
+LF), and no two live nicknames share a confusable skeleton (case, composition, look-alikes).
 
 How hypothesis and the event loop meet. pytest-tornado gives each test its own IOLoop, and
 hypothesis calls the test body many times; an async body per example would need a server per
