@@ -109,12 +109,26 @@ class MessageBuffer:
         self.entries: deque[Entry] = deque((Entry(e) for e in events), maxlen=size)
         self._ids: deque[str] = deque((e.id for e in self.entries), maxlen=size)
         self.floor = floor
-        self.waiters: set[Waiter] = set()
-        # When someone last asked for this room (see Chat.evict_idle_rooms).
+        self._waiters: set[Waiter] = set()
+        # When someone last asked for this room (see Rooms.evict_idle).
         self.touched = time.monotonic()
         self.nicks: list[str] = []
         self._presence_wire: bytes | None = None
         self._presence_call: asyncio.TimerHandle | None = None
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        """Wake ``waiter`` with every batch published from now on, until removed."""
+        self._waiters.add(waiter)
+
+    def remove_waiter(self, waiter: Waiter) -> None:
+        self._waiters.discard(waiter)
+
+    def waiting(self) -> list[Waiter]:
+        """Who waits here now (a copy)."""
+        return list(self._waiters)
+
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
 
     @property
     def last_id(self) -> str:
@@ -152,7 +166,7 @@ class MessageBuffer:
                 self._presence_call.cancel()
                 self._send_presence()
             # Copy: a long-poll waiter removes itself from the set while being woken.
-            for waiter in list(self.waiters):
+            for waiter in list(self._waiters):
                 waiter.wake(new)
         return new
 
@@ -177,5 +191,5 @@ class MessageBuffer:
     def _send_presence(self) -> None:
         self._presence_call = None
         wire = self.presence_wire()
-        for waiter in list(self.waiters):
+        for waiter in list(self._waiters):
             waiter.presence_changed(wire)

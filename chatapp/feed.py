@@ -58,6 +58,11 @@ class ChangeFeed:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
+    def forget_position(self) -> None:
+        """Drop the resume token: the next (re)opening starts from now, as after an outage
+        longer than the oplog keeps (the catch-up still closes the gap). Call while stopped."""
+        self._token = None
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

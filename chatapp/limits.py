@@ -37,6 +37,10 @@ class ConnectionLimits:
         self._sessions[sid] += 1
         self._addresses[address] += 1
 
+    def open_connections(self) -> int:
+        """How many connections are counted as open now, in all."""
+        return sum(self._sessions.values())
+
     def release(self, sid: str, address: str) -> None:
         for counter, key in ((self._sessions, sid), (self._addresses, address)):
             counter[key] -= 1

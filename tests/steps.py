@@ -186,8 +186,8 @@ async def eventually(cond, what: str, timeout: float = WAIT_SECONDS) -> float:
 
 
 def parked_polls(srv: ChatServer, room: str = ROOM) -> int:
-    buffer = srv.chat._rooms.get(room)
-    return 0 if buffer is None else sum(isinstance(w, PollWaiter) for w in buffer.waiters)
+    buffer = srv.chat.loaded_room(room)
+    return 0 if buffer is None else sum(isinstance(w, PollWaiter) for w in buffer.waiting())
 
 
 async def _parked(srv: ChatServer, room: str, request) -> asyncio.Future:

@@ -89,8 +89,8 @@ async def parked(srv: ChatServer, room: str, count: int = 1) -> None:
     """
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        buffer = srv.chat._rooms.get(room)
-        if buffer is not None and len(buffer.waiters) >= count:
+        buffer = srv.chat.loaded_room(room)
+        if buffer is not None and len(buffer.waiting()) >= count:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"no long-poll parked in {room}")

@@ -342,7 +342,7 @@ async def test_a_client_moving_to_a_server_whose_feed_lags_gets_nothing_twice(se
     assert backlog == []
 
     async def poll_parked_on_b() -> bool:  # the one look inside: a client cannot tell
-        return any(isinstance(w, PollWaiter) for w in b.chat._rooms[ROOM].waiters)
+        return any(isinstance(w, PollWaiter) for w in b.chat.loaded_room(ROOM).waiting())
 
     await eventually(poll_parked_on_b, "the long-poll to park on B")
     b.chat.feed.start()  # B catches up (resume token, and a query for each room)
@@ -378,7 +378,7 @@ async def test_changes_waiting_in_the_stream_are_published_at_once_per_room_in_o
     # everything comes through the stream, resumed from B's token.
     published: dict[str, list[list[str]]] = {room: [] for room in rooms}
     for room in rooms:
-        buffer = b.chat._rooms[room]
+        buffer = b.chat.loaded_room(room)
 
         def record(events, publish=buffer.publish, calls=published[room]):
             calls.append([e["id"] for e in events])
@@ -429,7 +429,7 @@ async def test_a_logout_missed_by_a_feed_that_lost_its_place_is_still_honoured(s
     sock, _, _ = await open_ws(an)
     await b.chat.feed.stop()
     assert (await same_session(an, a).request("DELETE", "/api/session")).code == 204
-    b.chat.feed._token = None  # as after a long outage: the stream reopens from now
+    b.chat.feed.forget_position()  # as after a long outage: the stream reopens from now
     b.chat.feed.start()
     assert await sock.closed_with() == 1008
     code, _ = await same_session(an, b).send(ROOM, "ghost", new_cid())

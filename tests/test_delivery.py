@@ -412,7 +412,7 @@ async def test_a_cursor_older_than_memory_is_served_from_mongodb_exactly(servers
     cursor = await read_until_then_leave("ws", bob, alice, "last seen")
 
     missed = [await post(alice, f"missed {i}") for i in range(12)]
-    assert srv.chat._rooms[ROOM].floor > cursor  # memory no longer reaches back to it
+    assert srv.chat.loaded_room(ROOM).floor > cursor  # memory no longer reaches back to it
 
     await assert_resumes_exactly(transport, bob, alice, cursor, missed)
 

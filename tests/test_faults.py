@@ -581,12 +581,14 @@ async def test_a_reader_that_stops_reading_is_closed_and_costs_bounded_memory(se
     f2, _ = await open_ws_backlog(fast2)
     s, _ = await open_ws_backlog(sender)
     raw = await RawSocket.connect(srv.port, f"/api/rooms/{ROOM}/ws", slow.cookies)
-    waiters = srv.chat._rooms[ROOM].waiters
+    buffer = srv.chat.loaded_room(ROOM)
     await eventually(
-        lambda: any(isinstance(w, RoomSocket) and w.session.nick == "slow" for w in waiters),
+        lambda: any(isinstance(w, RoomSocket) and w.session.nick == "slow"
+                    for w in buffer.waiting()),
         "the slow socket to open",
     )
-    handler = next(w for w in waiters if isinstance(w, RoomSocket) and w.session.nick == "slow")
+    handler = next(w for w in buffer.waiting()
+                   if isinstance(w, RoomSocket) and w.session.nick == "slow")
     conn = handler.ws_connection
 
     # The sender reads its own acks and events all along: a sender that did not would be a
@@ -627,7 +629,7 @@ async def test_a_reader_that_stops_reading_is_closed_and_costs_bounded_memory(se
             peak = max(peak, len(conn.stream._write_buffer))
     closed_after = sent
     # Gone from the room: no longer woken, no longer counted as a connection.
-    dropped_in = await eventually(lambda: handler not in waiters, "the slow socket dropped")
+    dropped_in = await eventually(lambda: handler not in buffer.waiting(), "the slow socket dropped")
     slowest_round = max(slowest_round, await send_round(sent, batch))  # the room goes on
     sent += batch
     sent_total = sent
@@ -710,7 +712,7 @@ async def test_a_burst_larger_than_the_output_cap_reaches_readers_that_keep_up(s
 
 
 def open_connections(srv: ChatServer) -> int:
-    return sum(srv.chat.limits._sessions.values())
+    return srv.chat.limits.open_connections()
 
 
 async def refused_socket(client: Client, room: str = ROOM) -> tuple[dict[str, Any], int | None]:

@@ -9,8 +9,8 @@ import tornado.web
 from chatapp import rules
 from chatapp.accounts import Accounts
 from chatapp.buffer import Batch
-from chatapp.chat import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter
 from chatapp.errors import ChatError
+from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter
 from chatapp.store import StoreError
 from chatapp.web.base import JSONHandler
 

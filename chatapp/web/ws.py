@@ -18,8 +18,8 @@ from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedErr
 
 from chatapp import rules
 from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
-from chatapp.chat import MAX_UPDATES
 from chatapp.errors import ChatError, store_unavailable
+from chatapp.rooms import MAX_UPDATES
 from chatapp.sessions import Session
 from chatapp.store import StoreError
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
@@ -99,7 +99,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self.buffer = buffer
             # Registered before reading the backlog: what is published meanwhile is held
             # and written after it, so nothing falls between the two.
-            self.buffer.waiters.add(self)
+            self.buffer.add_waiter(self)
             await self._catch_up()
         except ChatError as exc:
             # Refused or unavailable for now (a cap, MongoDB down): say why, then close with
@@ -257,5 +257,5 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         self.closed = True
         if self.buffer is not None:
-            self.buffer.waiters.discard(self)
+            self.buffer.remove_waiter(self)
             self.chat.disconnect(self.session, self.room, self, self.address)

@@ -1,0 +1,150 @@
+"""One process or a cluster: the behaviour that differs, as one object chosen at start.
+
+``Chat`` never asks "am I in a cluster?"; it asks its mode. What differs:
+
+- who publishes a stored event to the room's buffer (``writer_hooks``): in one process the
+  room's writer does, right after storing; in a cluster the change feed does, for every
+  process's events in commit order (publishing ours here too could put ours ahead of an
+  earlier one stored elsewhere);
+- who decides joins, leaves and the list of who is present (``roster``): this process's own
+  books, or leases in MongoDB shared by every process;
+- how a changed list reaches the sockets (``presence_changed``): at once from the books, or
+  after one query of MongoDB per burst of changes;
+- the send rate limit (``send_turn``, ``take_shared_token``): one process's bucket is the
+  whole truth, or a bucket per session in MongoDB holds it across every process.
+
+``LocalMode`` is one process; ``ClusterMode`` is the multi-process subclass (as
+python-socketio's ``AsyncPubSubManager`` is of its local manager).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chatapp.buffer import MessageBuffer
+from chatapp.errors import store_unavailable
+from chatapp.feed import ChangeFeed
+from chatapp.presence import Presence
+from chatapp.ratelimit import BURST_FACTOR, Turns
+from chatapp.roster import LocalRoster, SharedRoster
+from chatapp.store import EventStore, StoreError
+
+if TYPE_CHECKING:
+    from chatapp.chat import Chat
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[list[dict[str, Any]]], Any]
+
+
+def _published_by_the_feed(events: list[dict[str, Any]]) -> None:
+    """Cluster mode: stored events are published when the change feed brings them."""
+
+
+class LocalMode:
+    """One process: its writers publish, its books decide presence, its buckets the rate."""
+
+    cluster = False
+
+    def __init__(
+        self, store: EventStore, presence: Presence, grace_period: float, rate_limit: float
+    ) -> None:
+        self.store = store
+        self.presence = presence
+        self.rate_limit = rate_limit
+        self.roster: LocalRoster | SharedRoster = LocalRoster(presence, store, grace_period)
+        self.feed: ChangeFeed | None = None
+
+    def start(self) -> None:
+        """Start what the mode runs in the background (nothing, in one process)."""
+
+    async def stop(self) -> None:
+        """Stop it, before the last sends are flushed."""
+
+    def writer_hooks(self, buffer: MessageBuffer) -> tuple[Publish, Callable[[], str] | None]:
+        """For the room's ``RoomWriter``: what to call with stored events, and the id the
+        buffer ends at (which enables the writer's gap check)."""
+        return buffer.publish, (lambda: buffer.last_id)
+
+    def send_turn(self, sid: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held from the shared rate-limit check to the writer's queue, so that one session's
+        sends keep their order across that wait. Nothing to wait for here."""
+        return contextlib.nullcontext()
+
+    async def take_shared_token(self, sid: str) -> bool:
+        """The rate limit beyond this process's own bucket: none."""
+        return True
+
+    def presence_changed(self, room: str, buffer: MessageBuffer) -> None:
+        """Tell the room's WebSockets the new list of nicknames."""
+        buffer.set_presence(self.presence.nicks(room))
+
+
+class ClusterMode(LocalMode):
+    """Several processes on one replica set are one chat: MongoDB is the bus.
+
+    Events reach the buffers through the change feed (this process's own too), presence is
+    decided across processes (``roster.SharedRoster``), and the send rate limit is a bucket
+    per session in MongoDB.
+    """
+
+    cluster = True
+
+    def __init__(
+        self, store: EventStore, presence: Presence, grace_period: float, rate_limit: float,
+        chat: Chat,
+    ) -> None:
+        super().__init__(store, presence, grace_period, rate_limit)
+        self.roster = SharedRoster(store, grace_period)
+        self.feed = ChangeFeed(store, chat)
+        self._send_turns = Turns()
+        self._presence_refresh: set[str] = set()
+
+    def start(self) -> None:
+        assert self.feed is not None
+        self.feed.start()
+
+    async def stop(self) -> None:
+        assert self.feed is not None
+        await self.feed.stop()
+
+    def writer_hooks(self, buffer: MessageBuffer) -> tuple[Publish, Callable[[], str] | None]:
+        # The feed publishes every stored event, ours included, in the change stream's order;
+        # no gap check either: the feed's catch-up closes gaps.
+        return _published_by_the_feed, None
+
+    def send_turn(self, sid: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        if self.rate_limit <= 0:
+            return contextlib.nullcontext()
+        return self._send_turns.turn(sid)
+
+    async def take_shared_token(self, sid: str) -> bool:
+        # This process's bucket stops a flood before this; the session's bucket in MongoDB
+        # holds the rate across every process its sends reach (round robin, two tabs).
+        if self.rate_limit <= 0:
+            return True
+        try:
+            return await self.store.take_send_token(
+                sid, self.rate_limit, self.rate_limit * BURST_FACTOR
+            )
+        except StoreError:
+            raise store_unavailable() from None
+
+    def presence_changed(self, room: str, buffer: MessageBuffer) -> None:
+        if room not in self._presence_refresh:
+            # Asked of MongoDB; several changes in a burst share one query.
+            self._presence_refresh.add(room)
+            asyncio.ensure_future(self._refresh_presence(room, buffer))
+
+    async def _refresh_presence(self, room: str, buffer: MessageBuffer) -> None:
+        await asyncio.sleep(0)  # let the rest of this burst of changes arrive first
+        # From here on, a new change schedules a new refresh: none is missed.
+        self._presence_refresh.discard(room)
+        try:
+            buffer.set_presence(await self.roster.nicks(room))
+        except StoreError as exc:
+            log.warning("presence of %s unavailable: %s", room, exc)

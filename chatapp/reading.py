@@ -1,0 +1,168 @@
+"""Where events are read: cursors, the long-poll, history pages.
+
+``Reader.updates`` is the one answer to "what happened after this cursor": from the room's
+buffer when it reaches back that far, else from the store; never a gap, never a repeat. The
+long-poll (``Reader.poll``) parks a ``PollWaiter`` on the buffer *before* reading, so an event
+published between the read and the wait still wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chatapp import rules
+from chatapp.buffer import Entry, MessageBuffer
+from chatapp.errors import ChatError, store_unavailable
+from chatapp.rooms import MAX_UPDATES, Rooms
+from chatapp.sessions import Session
+from chatapp.store import EventStore, StoreError
+
+if TYPE_CHECKING:
+    from chatapp.membership import Membership
+
+# The contract: history pages default to 50 events and hold at most 200.
+HISTORY_DEFAULT, HISTORY_MAX = 50, 200
+
+
+class PollWaiter:
+    """A parked long-poll: finishes with the first batch of events published after it."""
+
+    def __init__(self, cursor: str | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._future: asyncio.Future = loop.create_future()
+        # Resolved once ``Chat.poll`` has returned: the handler has written its answer then.
+        self.answered: asyncio.Future = loop.create_future()
+        self.cursor = cursor or ""
+
+    def wake(self, entries: list[Entry]) -> None:
+        if entries and entries[0].id <= self.cursor:
+            # Cluster: a cursor from another process can be ahead of this one's buffer (its
+            # feed lags); what the feed brings up to the cursor, the client already has.
+            entries = [e for e in entries if e.id > self.cursor]
+            if not entries:
+                return
+        if not self._future.done():
+            self._future.set_result(entries)
+
+    def presence_changed(self, wire: bytes) -> None:
+        pass  # long-poll clients ask for presence themselves
+
+    def cancel(self) -> None:
+        """The client closed the connection: stop waiting now, answer nothing."""
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def session_ended(self) -> None:
+        self.cancel()
+
+    def shutdown(self) -> None:
+        self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
+
+    async def wait(self, timeout: float) -> list[Entry] | None:
+        # One timer that answers "nothing new": cheaper than wait_for + shield, which wrap
+        # every parked poll in two more futures and a task.
+        timer = asyncio.get_running_loop().call_later(timeout, self.wake, [])
+        try:
+            return await self._future
+        finally:
+            timer.cancel()
+
+
+class Reader:
+    def __init__(
+        self, store: EventStore, rooms: Rooms, membership: Membership, history_size: int
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.membership = membership
+        self.history_size = history_size
+
+    async def open_room(self, room: str, cursor: str | None = None) -> MessageBuffer:
+        """The room's buffer, once ``cursor`` (if any) is known to be an id this server
+        issued in it; ``bad_cursor`` otherwise, before anything else happens."""
+        buffer = await self.rooms.get(room)
+        if cursor is not None:
+            rules.check_cursor(cursor)
+            if cursor > buffer.last_id:
+                # Newer than anything published here: valid only if the store handed it out.
+                await self._check_issued(room, cursor)
+        return buffer
+
+    async def updates(self, room: str, cursor: str | None, limit: int = MAX_UPDATES) -> list[Entry]:
+        """Events after ``cursor`` (at most ``limit``), oldest first; [] when none are newer.
+
+        ``cursor=None`` means "what a newcomer sees": the latest ``history_size`` events.
+        Answered from memory when the buffer reaches back to the cursor, else from the store:
+        either way, never a gap and never a repeat.
+        """
+        buffer = await self.open_room(room, cursor)
+        if cursor is None:
+            return buffer.latest(self.history_size)
+        if cursor > buffer.last_id:
+            return []  # issued (open_room checked) but not yet published here
+        entries = buffer.since(cursor)
+        if entries is not None:
+            return entries[:limit]
+        try:
+            events = await self.store.after(room, rules.parse_id(cursor), limit)
+        except StoreError:
+            raise store_unavailable() from None
+        return [Entry(e) for e in events]
+
+    async def poll(
+        self,
+        session: Session,
+        room: str,
+        cursor: str | None,
+        timeout: float,
+        address: str,
+        on_park: Callable[[PollWaiter], None] | None = None,
+    ) -> list[Entry] | None:
+        """The long-poll: events after ``cursor`` at once if there are any, else wait up to
+        ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
+        presence while it waits. None if the client went away (``PollWaiter.cancel``, which
+        ``on_park`` receives the waiter for) or the session ended meanwhile."""
+        waiter = PollWaiter(cursor)
+        if on_park is not None:
+            on_park(waiter)
+        buffer = await self.membership.connect(session, room, waiter, address)
+        try:
+            # Parked before reading, so an event published between the read and the wait
+            # still wakes us.
+            buffer.add_waiter(waiter)
+            entries = await self.updates(room, cursor)
+            if entries or cursor is None:
+                return entries
+            return await waiter.wait(timeout)
+        finally:
+            buffer.remove_waiter(waiter)
+            self.membership.disconnect(session, room, waiter, address)
+            if not waiter.answered.done():
+                waiter.answered.set_result(None)
+
+    async def _check_issued(self, room: str, cursor: str) -> None:
+        try:
+            last = await self.store.last_seq(room)
+        except StoreError:
+            raise store_unavailable() from None
+        if rules.parse_id(cursor) > last:
+            raise ChatError("bad_cursor", "That cursor is not one this server issued.", 400)
+
+    async def history(
+        self, room: str, before: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` events just before ``before`` (or the latest), oldest first, and
+        whether older ones exist."""
+        rules.check_room(room)
+        if before is not None:
+            rules.check_cursor(before)
+        seq = rules.parse_id(before) if before else None
+        try:
+            # One extra tells whether there is more without a second query.
+            events = await self.store.before(room, seq, limit + 1)
+        except StoreError:
+            raise store_unavailable() from None
+        has_more = len(events) > limit
+        return (events[1:] if has_more else events), has_more
