@@ -151,7 +151,8 @@ class Accounts:
         # Guest first (no guest can hold the key while the account exists), then the account,
         # then its other devices: a login racing this sees the account gone and undoes itself.
         guest = Session(session.sid, session.nick)
-        if await self.store.account_to_guest(session.sid, key, time.time() + self.chat.sessions.unused_ttl):
+        guest_expiry = time.time() + self.chat.sessions.unused_ttl
+        if await self.store.account_to_guest(session.sid, key, guest_expiry):
             self.chat.sessions.remember(guest)
         await self.store.delete_account(account_id)
         # Whoever registers the nickname next must not inherit its rooms.

@@ -27,7 +27,8 @@ def test_register_then_log_in_on_a_second_browser(app_server: AppServer, people:
     # The browser's own minlength check stops it, or the server's answer is shown.
     panel.get_by_label("Password").fill(PASSWORD)
     panel.get_by_role("button", name="Register").click()
-    expect(panel.locator("#account-status")).to_contain_text(f"\u201c{maya.nick}\u201d is registered")
+    status = panel.locator("#account-status")
+    expect(status).to_contain_text(f"\u201c{maya.nick}\u201d is registered")
     expect(panel.get_by_role("button", name="Delete account")).to_be_visible()
 
     # Another browser, the same nickname: the join form asks for the password.
