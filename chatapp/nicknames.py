@@ -2,10 +2,10 @@
 
 All Unicode data here comes from ICU, through PyICU as the ``pyicu-wheels`` wheel (pinned in
 setup.py), which bundles ICU 77.1: **Unicode 16.0** for the confusables table, the scripts,
-the normalisation and the character properties alike. Python's own ``unicodedata`` (the
-interpreter's Unicode version, 15.0 on 3.11... 3.12) is not used for keys, so one version
-computes every key stored in MongoDB whatever Python runs the app. ``UNICODE_VERSION`` says
-which; a change of it (a new wheel) may change some keys: see "Migration" in docs/API.md.
+the normalisation and the character properties alike. Python's own ``unicodedata`` (Unicode
+14.0 on Python 3.11, 15.0 on 3.12) is not used for keys, so one version computes every key
+stored in MongoDB whatever Python runs the app. ``UNICODE_VERSION`` says which; a change of
+it (a new wheel) may change some keys: see "Migration" in docs/API.md.
 
 The keys (both compared, both unique, see ``keys``):
 
@@ -19,6 +19,7 @@ The keys (both compared, both unique, see ``keys``):
 
 Refused (``400 bad_nick``), each with its own message:
 
+- unassigned code points (their script and look are unknown);
 - default-ignorable code points (variation selectors, the combining grapheme joiner, Hangul
   fillers, zero-width characters, ...) and bidirectional controls: they render as nothing,
   so "anna" + U+FE05 would look exactly like "anna";
@@ -86,6 +87,11 @@ def check_safe(nick: str) -> None:
         # (A JSON body can carry one; ICU and MongoDB cannot.)
         raise ChatError("bad_nick", "The nickname contains a lone surrogate.", 400)
     for ch in nick:
+        if icu.Char.charType(ch) == icu.UCharCategory.UNASSIGNED:
+            raise ChatError(
+                "bad_nick", f"Nicknames cannot contain unassigned code points (U+{ord(ch):04X}).",
+                400,
+            )
         if icu.Char.hasBinaryProperty(ch, icu.UProperty.BIDI_CONTROL):
             raise ChatError(
                 "bad_nick",

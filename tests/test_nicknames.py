@@ -90,6 +90,7 @@ async def test_different_looking_nicknames_stay_apart(servers):
         ("___", "at least one letter or digit"),
         ("-.-", "at least one letter or digit"),
         ("a\ud800b", "lone surrogate"),  # a JSON body can carry one
+        ("a\u0378b", "unassigned code points (U+0378)"),
     ],
 )
 async def test_unsafe_nicknames_are_refused_with_the_reason(servers, nick, says):
