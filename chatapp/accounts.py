@@ -99,7 +99,7 @@ class Accounts:
     async def register(self, session: Session, password: object, address: str) -> Session:
         """Register ``session``'s nickname: the session becomes the account's first device."""
         password = check_password(password)
-        if session.account:
+        if await self.registered(session):
             raise ChatError("nick_registered", "This nickname is registered already.", 409)
         if await self.store.count_attempt(
             "reg:" + address, REGISTRATION_WINDOW_SECONDS
@@ -118,6 +118,11 @@ class Accounts:
         registered = Session(session.sid, session.nick, account=True)
         self.chat.sessions.remember(registered)
         return registered
+
+    async def registered(self, session: Session) -> bool:
+        """Whether ``session`` is an account's device, asked of MongoDB (the cached flag may
+        be stale: the account may have been deleted through another process)."""
+        return await self.store.session_account(session.sid) is not None
 
     async def login(self, nick: object, password: object, address: str) -> Session:
         """A new session of the account ``nick``, or ``401 bad_password`` (the same answer,

@@ -60,7 +60,8 @@ class AccountAPI(JSONHandler):
 
     async def get(self) -> None:
         session = await self.require_session()
-        self.write_json({"nick": session.nick, "registered": session.account})
+        registered = await accounts_of(self).registered(session)
+        self.write_json({"nick": session.nick, "registered": registered})
 
     async def post(self) -> None:
         session = await self.require_session()
