@@ -32,7 +32,7 @@ class Roles:
     def __init__(self, store: EventStore, admins: Iterable[str] = ()) -> None:
         self.rooms = RoleStore(store)
         self.accounts = AccountStore(store)
-        self.admins = {rules.nick_key(n.strip()) for n in admins if n.strip()}
+        self.admins = {rules.nick_keys(n.strip()).skeleton for n in admins if n.strip()}
 
     async def account_of(self, session: Session | None) -> str | None:
         """The account ``session`` is a live device of, asked of MongoDB; None for a guest."""

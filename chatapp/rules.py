@@ -108,14 +108,17 @@ def _is_mark(ch: str) -> bool:
 
 
 def nick_key(nick: str) -> str:
-    """What uniqueness compares: the UTS #39 confusable skeleton of the NFKC-casefolded name,
-    so "Ann", "аnn" (Cyrillic а), "ａｎｎ" and "ann" are one nickname. Uniqueness also holds on
-    a second key (``nicknames.keys``); this is the one that names an account."""
-    return nicknames.skeleton(nick)
+    """How nicknames sort and compare for display: case-insensitive, and "é" typed two ways
+    is one spelling. NOT what uniqueness compares: that is ``nick_keys`` (look-alikes too);
+    sorting people by skeletons would put "bo2" before "bo1" ("1" looks like "l")."""
+    return unicodedata.normalize("NFKC", nick).casefold()
 
 
 def nick_keys(nick: str) -> nicknames.NickKeys:
-    """Both keys uniqueness compares (see ``chatapp.nicknames``)."""
+    """What uniqueness compares, among live guests and accounts alike: two UTS #39 confusable
+    skeletons (see ``chatapp.nicknames``), so "Ann", "аnn" (Cyrillic а), "ａｎｎ" and "ann" are
+    one nickname. ``.skeleton`` (the skeleton of the NFKC-casefolded name) names an
+    account; a ban "by skeleton" should compare both keys."""
     return nicknames.keys(nick)
 
 

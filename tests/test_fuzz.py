@@ -96,7 +96,7 @@ def obeys_nick_rules(nick: object) -> bool:
 
 def nick_key(nick: str) -> str:
     """The UTS #39 skeleton: case, composition and look-alikes (chatapp/nicknames.py)."""
-    return rules.nick_key(nick)
+    return rules.nick_keys(nick).skeleton
 
 
 def looks_like_a_held_nick(nick: str, held: dict[str, tuple[str, Client]]) -> bool:

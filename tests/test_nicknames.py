@@ -188,7 +188,7 @@ def test_two_nicknames_with_one_skeleton_are_never_both_live(live_server):
         for nick in pair:
             client = Client(srv.url)
             code, body = loop.run(client.post_json("/api/session", {"nick": nick}))
-            key = rules.nick_key(nick)
+            key = rules.nick_keys(nick).skeleton
             if code == 200:
                 assert key not in live, ("two live holders of one skeleton", live[key], nick)
                 live[key] = (nick, client)

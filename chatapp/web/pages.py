@@ -35,7 +35,7 @@ class JoinPage(BaseHandler):
         try:
             rules.check_room(room)
             current = await self.current_session()
-            if current is not None and rules.nick_key(current.nick) == rules.nick_key(
+            if current is not None and rules.nick_keys(current.nick) == rules.nick_keys(
                 rules.check_nick(nick)
             ):
                 session = current  # choosing the nickname you already hold
