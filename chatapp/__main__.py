@@ -204,6 +204,7 @@ async def serve(
         allowed_origins=split_list(opts.allowed_origins),
         trusted_proxies=split_list(opts.trusted_proxies),
         hosts=split_list(opts.hosts),
+        admins=split_list(opts.admins),
     )
     # Proxy headers believed from --trusted_proxies only (web/address.py), a cap on open
     # connections, idle and body timeouts (web/server.py).

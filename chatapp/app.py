@@ -12,8 +12,10 @@ from tornado.httputil import HTTPServerRequest
 from tornado.log import access_log
 
 from chatapp import paths, rules
+from chatapp.accounts import Accounts
 from chatapp.chat import Chat
-from chatapp.web import api, base, pages, ws
+from chatapp.roles import Roles
+from chatapp.web import api, base, pages, roles_api, ws
 from chatapp.web.address import Edge, normal_origin
 from chatapp.web.output import FairGate, OutputBudget
 
@@ -45,6 +47,7 @@ def make_app(
         (rf"/r/{ROOM}", pages.RoomPage),
         (r"/lang", pages.LanguageSwitch),
         (r"/api/session", api.SessionAPI),
+        (r"/api/account", api.AccountAPI),
         (rf"/api/rooms/{ROOM}/messages", api.MessagesAPI),
         (rf"/api/rooms/{ROOM}/messages/{MESSAGE}", api.MessageAPI),
         (rf"/api/rooms/{ROOM}/messages/{MESSAGE}/reactions", api.ReactionsAPI),
@@ -52,6 +55,9 @@ def make_app(
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
         (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
+        (rf"/api/rooms/{ROOM}/roles", roles_api.RoomRolesAPI),
+        (rf"/api/rooms/{ROOM}/claim", roles_api.RoomClaimAPI),
+        (rf"/api/rooms/{ROOM}/moderators/([^/]+)", roles_api.ModeratorsAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).
@@ -65,6 +71,8 @@ def make_app(
         answer_gate=FairGate(),
         frame_budgets=ws.FrameBudgets(),
         chat=chat,
+        accounts=settings.pop("accounts", None) or Accounts(chat),
+        roles=Roles(chat.store, settings.pop("admins", ())),
         cookie_secret=cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Lax"},

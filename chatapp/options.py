@@ -42,6 +42,9 @@ define("processes", default=1, type=int,
 define("cluster", default=False, type=bool,
        help="deliver through MongoDB change streams, so that several processes or machines "
             "on one replica set are one chat")
+define("admins", default="",
+       help="registered nicknames, comma-separated, that may moderate every room (register "
+            "the nickname first: an unregistered one is anyone's to register)")
 define("mongo_timeout", default=4.0, type=float,
        help="seconds a MongoDB operation may take before a send fails with store_unavailable")
 

@@ -11,6 +11,7 @@ import unicodedata
 
 import emoji as emoji_data
 
+from chatapp import nicknames
 from chatapp.errors import ChatError
 
 # The contract: text is 1-2000 characters. Long enough for a pasted stack trace, short enough
@@ -109,7 +110,8 @@ def _is_control(ch: str) -> bool:
 
 
 def check_nick(nick: object) -> str:
-    """A nickname as typed, minus surrounding white space; letters and digits of any script."""
+    """A nickname as typed, minus surrounding white space; letters and digits of one script
+    (``nicknames.check_safe``: no invisible or bidi characters, no mixed scripts)."""
     if not isinstance(nick, str):
         raise ChatError("bad_nick", "The nickname must be a string.", 400)
     nick = nick.strip()
@@ -117,6 +119,8 @@ def check_nick(nick: object) -> str:
         raise ChatError(
             "bad_nick", f"Nicknames are 1-{MAX_NICK_CHARS} characters.", 400
         )
+    # First: an invisible or bidi character gets its own message, not "only letters...".
+    nicknames.check_safe(nick)
     for i, ch in enumerate(nick):
         # Combining marks (Devanagari vowel signs, a decomposed "é") belong to the letter
         # before them: "any script" needs them.
@@ -134,7 +138,9 @@ def _is_mark(ch: str) -> bool:
 
 
 def nick_key(nick: str) -> str:
-    """What uniqueness compares: case-insensitive, and "é" typed two ways is one nickname."""
+    """How nicknames sort and compare for display: case-insensitive, and "é" typed two ways
+    is one spelling. NOT what uniqueness compares: that is ``nick_keys`` (look-alikes too);
+    sorting people by skeletons would put "bo2" before "bo1" ("1" looks like "l")."""
     return unicodedata.normalize("NFKC", nick).casefold()
 
 
@@ -195,6 +201,14 @@ def check_reply_to(reply_to: object) -> str | None:
     if isinstance(reply_to, str) and _ID_RE.fullmatch(reply_to):
         return reply_to
     raise ChatError("bad_reply", "reply_to must be the id of a message in this room.", 400)
+
+
+def nick_keys(nick: str) -> nicknames.NickKeys:
+    """What uniqueness compares, among live guests and accounts alike: two UTS #39 confusable
+    skeletons (see ``chatapp.nicknames``), so "Ann", "аnn" (Cyrillic а), "ａｎｎ" and "ann" are
+    one nickname. ``.skeleton`` (the skeleton of the NFKC-casefolded name) names an
+    account; a ban "by skeleton" should compare both keys."""
+    return nicknames.keys(nick)
 
 
 def check_client_id(client_id: object) -> str:

@@ -4,6 +4,10 @@ A session is created by choosing a nickname and carried by a signed cookie holdi
 (``sid``). Sessions are stored in MongoDB with an expiry time, which is what frees a nickname:
 ``unused_ttl`` after creation for a session that never connects, and the grace period after
 its last connection for one that did (``Chat`` extends it while connections are open).
+
+A session of an account (``chatapp.accounts``; one per device logged in) does not hold its
+nickname that way, the account does: it expires ``ACCOUNT_SESSION_SECONDS`` after it was last
+seen, so it survives restarts and the grace period, and ends on logout or with the account.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from chatapp import rules
 from chatapp.errors import ChatError
 from chatapp.ratelimit import TokenBucket
-from chatapp.store import EventStore
+from chatapp.store import AccountStore, EventStore
 
 # A nickname lookup per request would put MongoDB on every message's path; sessions are cached
 # in memory and the cache is dropped when the session ends or expires.
@@ -27,12 +31,25 @@ SESSION_LIMIT_WINDOW_SECONDS = 60.0
 # Buckets of addresses that have not created a session for a while are full again and carry
 # no information: they are dropped whenever the table has doubled since the last clean-up.
 MIN_BUCKET_TABLE = 1024
+# An account's device stays logged in this long after it was last seen: the session cookie's
+# own lifetime (web/base.py), past which the browser has forgotten the session anyway.
+ACCOUNT_SESSION_SECONDS = 30 * 24 * 3600.0
+
+
+def nick_registered() -> ChatError:
+    return ChatError(
+        "nick_registered",
+        "That nickname is registered: log in with its password, or choose another.",
+        409,
+    )
 
 
 @dataclass(frozen=True)
 class Session:
     sid: str
     nick: str
+    # A session of a registered nickname (an account's device), not a guest's.
+    account: bool = False
 
 
 class Sessions:
@@ -44,25 +61,44 @@ class Sessions:
         self._buckets: dict[str, TokenBucket] = {}
         self._prune_at = MIN_BUCKET_TABLE
 
-    async def create(self, nick: str, address: str = "") -> Session:
+    async def create(self, nick: object, address: str = "") -> Session:
         """A new session holding ``nick``, created from ``address``: ``nick_taken`` if a live
         session holds it, ``rate_limited`` past ``new_per_address`` sessions a minute from
         one address. Either error creates nothing."""
         nick = rules.check_nick(nick)
         self._take_token(address)
         sid = secrets.token_urlsafe(18)
-        key = rules.nick_key(nick)
+        key = rules.nick_keys(nick)
         # A session past its expiry no longer holds its nickname, even before a sweep ran. Forget
         # it here too, or its cookie would go on working beside the nickname's new holder.
-        stale = await self.store.free_expired_nick(key)
-        if stale is not None:
+        for stale in await self.store.free_expired_nick(key):
             self._cache.pop(stale, None)
         claimed = await self.store.claim_nick(sid, nick, key, time.time() + self.unused_ttl)
         if not claimed:
             raise ChatError("nick_taken", "That nickname is taken.", 409)
+        # After the claim, not before: an account registered meanwhile is seen here (it is
+        # inserted before its guest session lets go of the key; store.py, "accounts").
+        if await AccountStore(self.store).find_account(key) is not None:
+            await self.store.delete_session(sid)
+            raise nick_registered()
         session = Session(sid, nick)
         self._cache[sid] = session
         return session
+
+    async def open_account_session(self, nick: str, account: str, address: str = "") -> Session:
+        """A new device's session of ``account`` (its password checked by the caller);
+        ``rate_limited`` like ``create``."""
+        self._take_token(address)
+        session = Session(secrets.token_urlsafe(18), nick, account=True)
+        await AccountStore(self.store).add_account_session(
+            session.sid, nick, account, time.time() + ACCOUNT_SESSION_SECONDS
+        )
+        self._cache[session.sid] = session
+        return session
+
+    def remember(self, session: Session) -> None:
+        """``session`` changed kind (registered, or its account deleted): cache it so."""
+        self._cache[session.sid] = session
 
     def _take_token(self, address: str) -> None:
         if not self.new_per_address:
@@ -88,7 +124,7 @@ class Sessions:
             doc = await self.store.get_session(sid)
             if doc is None:
                 return None
-            session = self._cache[sid] = Session(sid, doc["nick"])
+            session = self._cache[sid] = Session(sid, doc["nick"], "account" in doc)
         return session
 
     async def end(self, sid: str) -> None:
@@ -116,7 +152,11 @@ class Sessions:
         # Connected sessions share one expiry time, so this is one update for all of them
         # plus one per session that went away since the last sweep.
         by_expiry: dict[float, list[str]] = {}
+        account_expiry = time.time() + ACCOUNT_SESSION_SECONDS
         for sid, expires_at in last_seen.items():
+            cached = self._cache.get(sid)
+            if cached is not None and cached.account:
+                expires_at = account_expiry
             by_expiry.setdefault(expires_at, []).append(sid)
         for expires_at, sids in by_expiry.items():
             await self.store.extend_sessions(sids, expires_at)

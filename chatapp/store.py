@@ -11,8 +11,13 @@ Collections:
   A message's document holds its current state: an edit, delete or reaction updates it in the
   transaction that inserts the action (see "actions on messages" below).
 - ``counters``: ``{_id: room, seq}``, the last sequence number handed out in a room.
-- ``sessions``: ``{_id: sid, nick, nick_key, expires_at}``; a unique index on ``nick_key``
-  makes nickname uniqueness hold however many app processes share the database.
+- ``sessions``: a guest's ``{_id: sid, nick, skeleton, skeleton_cased, expires_at}``, unique
+  indexes on both keys (``chatapp.nicknames``) making nickname uniqueness hold however many
+  app processes share the database; an account's ``{_id: sid, nick, account, expires_at}``
+  (one per device, so not under those indexes). See "accounts" at the end.
+- ``accounts``: ``{_id: skeleton, cased, nick, hash, created}``; ``attempts``: counters of
+  failed logins and of registrations. Both through ``AccountStore`` (at the end).
+- ``rooms``: a room's owner and moderators, through ``RoleStore`` (at the end).
 - ``members`` (cluster mode): presence, one document per (room, session); see
   ``join_member``.
 - ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
@@ -40,6 +45,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from chatapp import kinds
 from chatapp.errors import ChatError
+from chatapp.nicknames import NickKeys
 from chatapp.rules import format_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -123,7 +129,7 @@ class EventStore:
             [("room", ASC), ("reply_to", ASC)],
             partialFilterExpression={"reply_to": {"$exists": True}},
         )
-        await self.sessions.create_index("nick_key", unique=True)
+        await AccountStore(self).create_indexes()
         await self.sessions.create_index("expires_at")
         # Cluster presence: "who is in this room", and the sweep's "whose leases all ran out".
         await self.members.create_index([("room", ASC), ("until_max", ASC)])
@@ -383,20 +389,27 @@ class EventStore:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def free_expired_nick(self, key: str) -> str | None:
-        """Delete the session holding nickname ``key`` if it is past its expiry (a sweep may
-        not have run yet); the sid it had, so callers can forget it too."""
-        doc = await self.sessions.find_one_and_delete(
-            {"nick_key": key, "expires_at": {"$lt": time.time()}}, projection={"_id": 1}
-        )
-        return doc["_id"] if doc else None
+    async def free_expired_nick(self, key: NickKeys) -> list[str]:
+        """Delete the guest sessions holding either key of a nickname if they are past their
+        expiry (a sweep may not have run yet); the sids they had, so callers can forget them
+        too."""
+        freed = []
+        for _ in range(2):  # at most one holder per key
+            doc = await self.sessions.find_one_and_delete(
+                {**_holds(key), "expires_at": {"$lt": time.time()}}, projection={"_id": 1}
+            )
+            if doc is None:
+                break
+            freed.append(doc["_id"])
+        return freed
 
-    async def claim_nick(self, sid: str, nick: str, key: str, expires_at: float) -> bool:
-        """Record a new session; False when a session already has that nickname (an expired
-        one is freed by ``free_expired_nick`` first)."""
+    async def claim_nick(self, sid: str, nick: str, key: NickKeys, expires_at: float) -> bool:
+        """Record a new guest session; False when a session already has that nickname (an
+        expired one is freed by ``free_expired_nick`` first)."""
         try:
             await self.sessions.insert_one(
-                {"_id": sid, "nick": nick, "nick_key": key, "expires_at": expires_at}
+                {"_id": sid, "nick": nick, "skeleton": key.skeleton,
+                 "skeleton_cased": key.cased, "expires_at": expires_at}
             )
         except DuplicateKeyError:
             return False
@@ -735,3 +748,223 @@ async def live_servers(store: EventStore) -> list[dict[str, Any]]:
 
 async def remove_server(store: EventStore, server_id: str) -> None:
     await _servers(store).delete_one({"_id": server_id})
+
+
+# -- accounts: registered nicknames, their sessions, failed attempts ----------------------------
+#
+# An account is ``{_id: skeleton, cased, nick, hash, created}``: its two keys are unique like a
+# guest's. A guest session holding a key and an account with that key never both exist for
+# long: registering first inserts the account, then turns the guest session into an account
+# session; creating a guest session inserts it, then looks for an account with either key and
+# deletes itself if it finds one (``Sessions.create``). Whichever of two racing writers comes
+# second sees the other's document.
+
+
+def _holds(key: NickKeys) -> dict[str, Any]:
+    """(Query) guest sessions holding either key."""
+    return {"$or": [{"skeleton": key.skeleton}, {"skeleton_cased": key.cased}]}
+
+
+class AccountStore:
+    """Accounts, account sessions and attempt counters, over an ``EventStore``'s database."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.sessions = store.sessions
+        db = store.sessions.database
+        self.accounts = db["accounts"]
+        self.attempts = db["attempts"]
+
+    async def create_indexes(self) -> None:
+        guest = {"skeleton": {"$exists": True}}
+        await self.sessions.create_index(
+            "skeleton", unique=True, partialFilterExpression=guest
+        )
+        await self.sessions.create_index(
+            "skeleton_cased", unique=True,
+            partialFilterExpression={"skeleton_cased": {"$exists": True}},
+        )
+        await self.sessions.create_index("account")
+        await self.migrate_session_keys()
+        # The old rule's index (NFKC-casefold): weaker than the skeleton's, and it would
+        # count every account session (no nick_key) as one more holder of the key null.
+        with contextlib.suppress(pymongo.errors.OperationFailure):
+            await self.sessions.drop_index("nick_key_1")
+        await self.accounts.create_index("cased", unique=True)
+        await self.attempts.create_index("expire_at", expireAfterSeconds=0)
+        await RoleStore(self.store).create_indexes()
+
+    async def migrate_session_keys(self) -> None:
+        """Sessions stored before skeletons (only ``nick_key``) get both keys now. A session
+        whose keys another already holds ("ann" and "аnn", both live under the old rule) is
+        ended: the unique index cannot hold both, and its holder chooses again. A guest's
+        session would expire within the grace period after its last connection anyway; this
+        keeps a connected one."""
+        from chatapp import nicknames  # (the store otherwise needs no Unicode data)
+
+        old = {"skeleton": {"$exists": False}, "account": {"$exists": False}}
+        async for doc in self.sessions.find(old, {"nick": 1}):
+            key = nicknames.keys(doc["nick"])
+            try:
+                await self.sessions.update_one(
+                    {"_id": doc["_id"]},
+                    {"$set": {"skeleton": key.skeleton, "skeleton_cased": key.cased},
+                     "$unset": {"nick_key": ""}},
+                )
+            except DuplicateKeyError:
+                log.warning("session of %r ended: its nickname now looks like another's",
+                            doc["nick"])
+                await self.sessions.delete_one({"_id": doc["_id"]})
+
+    async def find_account(self, key: NickKeys) -> dict[str, Any] | None:
+        """The account holding either key, or None."""
+        return await self.accounts.find_one(
+            {"$or": [{"_id": key.skeleton}, {"cased": key.cased}]}
+        )
+
+    async def find_account_by_id(self, account: str) -> dict[str, Any] | None:
+        return await self.accounts.find_one({"_id": account})
+
+    async def insert_account(self, key: NickKeys, nick: str, hash_: str) -> bool:
+        """False if an account holds either key already."""
+        try:
+            await self.accounts.insert_one(
+                {"_id": key.skeleton, "cased": key.cased, "nick": nick, "hash": hash_,
+                 "created": time.time()}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def set_hash(self, account: str, hash_: str) -> None:
+        await self.accounts.update_one({"_id": account}, {"$set": {"hash": hash_}})
+
+    async def delete_account(self, account: str) -> None:
+        await self.accounts.delete_one({"_id": account})
+
+    async def guest_to_account(self, sid: str, key: NickKeys, expires_at: float) -> bool:
+        """The guest session ``sid`` holding ``key`` becomes a session of account ``key``."""
+        result = await self.sessions.update_one(
+            {"_id": sid, "skeleton": key.skeleton},
+            {"$set": {"account": key.skeleton, "expires_at": expires_at},
+             "$unset": {"skeleton": "", "skeleton_cased": ""}},
+        )
+        return result.modified_count == 1
+
+    async def account_to_guest(self, sid: str, key: NickKeys, expires_at: float) -> bool:
+        """The account session ``sid`` becomes a guest's holding ``key``; False if it is
+        gone or a guest holds the key (then nothing changed)."""
+        try:
+            result = await self.sessions.update_one(
+                {"_id": sid, "account": key.skeleton},
+                {"$set": {"skeleton": key.skeleton, "skeleton_cased": key.cased,
+                          "expires_at": expires_at},
+                 "$unset": {"account": ""}},
+            )
+        except DuplicateKeyError:
+            return False
+        return result.modified_count == 1
+
+    async def add_account_session(
+        self, sid: str, nick: str, account: str, expires_at: float
+    ) -> None:
+        await self.sessions.insert_one(
+            {"_id": sid, "nick": nick, "account": account, "expires_at": expires_at}
+        )
+
+    async def session_account(self, sid: str) -> str | None:
+        """The account ``sid`` is a live session of, or None (a guest, or gone)."""
+        doc = await self.sessions.find_one(
+            {"_id": sid, "expires_at": {"$gte": time.time()}}, {"account": 1}
+        )
+        return doc.get("account") if doc else None
+
+    async def account_sessions(self, account: str) -> list[str]:
+        """The account's sessions, oldest expiry first."""
+        rows = await self.sessions.find({"account": account}, {"_id": 1}).sort(
+            "expires_at", ASC
+        ).to_list(None)
+        return [r["_id"] for r in rows]
+
+    async def delete_sessions(self, sids: list[str]) -> None:
+        if sids:
+            await self.sessions.delete_many({"_id": {"$in": sids}})
+
+    async def count_attempt(self, key: str, window: float) -> int:
+        """Count one attempt under ``key`` (failed logins of a nickname, of an address...);
+        how many there were in the window that began with the first of them. Shared by every
+        process (one single-document update), forgotten by MongoDB when the window ends."""
+        now = time.time()
+        live = {"$gt": [{"$ifNull": ["$until", 0]}, now]}
+        until = {"$cond": [live, "$until", now + window]}
+        doc = await self.attempts.find_one_and_update(
+            {"_id": key},
+            [{"$set": {
+                "n": {"$cond": [live, {"$add": ["$n", 1]}, 1]},
+                "until": until,
+                "expire_at": {"$toDate": {"$multiply": [until, 1000]}},
+            }}],
+            upsert=True, return_document=pymongo.ReturnDocument.AFTER, projection={"n": 1},
+        )
+        return int(doc["n"])
+
+    async def attempts_counted(self, keys: list[str]) -> dict[str, int]:
+        """The attempts counted under each of ``keys`` in their current windows."""
+        rows = await self.attempts.find(
+            {"_id": {"$in": keys}, "until": {"$gt": time.time()}}, {"n": 1}
+        ).to_list(None)
+        return {r["_id"]: int(r["n"]) for r in rows}
+
+    async def clear_attempts(self, key: str) -> None:
+        await self.attempts.delete_one({"_id": key})
+
+
+# -- roles: room owners and moderators ----------------------------------------------------------
+#
+# ``rooms``: ``{_id: room, owner: account, owner_nick, moderators: [{key: account, nick}]}``,
+# an account being its skeleton (an ``accounts`` _id). Admins are not stored: they are the
+# ``--admins`` option, the same on every process.
+
+
+class RoleStore:
+    def __init__(self, store: EventStore) -> None:
+        self.rooms = store.sessions.database["rooms"]
+
+    async def create_indexes(self) -> None:
+        # "Which rooms does this account hold a role in": when the account is deleted.
+        await self.rooms.create_index("owner")
+        await self.rooms.create_index("moderators.key")
+
+    async def room(self, room: str) -> dict[str, Any] | None:
+        return await self.rooms.find_one({"_id": room})
+
+    async def claim(self, room: str, account: str, nick: str) -> bool:
+        """Make ``account`` the owner of ``room`` if it has none; False if it has one. One
+        single-document write: of two accounts claiming at once, one wins."""
+        try:
+            await self.rooms.update_one(
+                {"_id": room, "owner": {"$exists": False}},
+                {"$set": {"owner": account, "owner_nick": nick}}, upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the room's document exists, with an owner
+        return True
+
+    async def add_moderator(self, room: str, account: str, nick: str) -> None:
+        await self.rooms.update_one(
+            {"_id": room, "moderators.key": {"$ne": account}},
+            {"$push": {"moderators": {"key": account, "nick": nick}}},
+        )
+
+    async def remove_moderator(self, room: str, account: str) -> None:
+        await self.rooms.update_one({"_id": room}, {"$pull": {"moderators": {"key": account}}})
+
+    async def forget_account(self, account: str) -> None:
+        """The account was deleted: it owns and moderates nothing any more (whoever registers
+        the nickname next must not inherit its rooms)."""
+        await self.rooms.update_many(
+            {"owner": account}, {"$unset": {"owner": "", "owner_nick": ""}}
+        )
+        await self.rooms.update_many(
+            {"moderators.key": account}, {"$pull": {"moderators": {"key": account}}}
+        )

@@ -56,6 +56,7 @@ class ChatServer:
         # make_server's: max_connections, idle_connection_timeout, body_timeout.
         server_settings = {k: self.options.pop(k) for k in list(self.options)
                            if k in ("max_connections", "idle_connection_timeout", "body_timeout")}
+        admins = self.options.pop("admins", ())
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -69,6 +70,7 @@ class ChatServer:
             trusted_proxies=trusted_proxies,
             hosts=hosts,
             write_timeout=write_timeout,
+            admins=admins,
         )
         self.server = make_server(self.app, **server_settings)
         self.server.listen(self.port, "127.0.0.1")

@@ -9,6 +9,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
+from chatapp.accounts import Accounts
 from chatapp.buffer import Batch
 from chatapp.errors import ChatError
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, View
@@ -30,9 +31,15 @@ class SessionAPI(JSONHandler):
     head = get  # HEAD answers as GET does, without the body (Tornado drops it)
 
     async def post(self) -> None:
-        nick: Any = self.body_fields().get("nick")  # any JSON value: create() checks it
+        """Take a nickname as a guest (``{"nick"}``), or log in to an account's nickname
+        (``{"nick", "password"}``, see ``AccountAPI``)."""
+        fields = self.body_fields()
         current = await self.current_session()
-        session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
+        address = self.request.remote_ip or ""
+        if "password" in fields:
+            session = await accounts_of(self).login(fields.get("nick"), fields["password"], address)
+        else:
+            session = await self.chat.sessions.create(fields.get("nick"), address)
         if current is not None:
             await self.chat.end_session(current)
         self.set_session_cookie(session)
@@ -45,6 +52,35 @@ class SessionAPI(JSONHandler):
         self.clear_cookie("chatapp_session")
         self.set_status(204)
         self.finish()
+
+
+def accounts_of(handler: tornado.web.RequestHandler) -> Accounts:
+    return handler.settings["accounts"]
+
+
+class AccountAPI(JSONHandler):
+    """``/api/account``: the current session's account. ``GET`` -> ``{"nick", "registered"}``;
+    ``POST {"password"}`` registers the session's nickname (``201``); ``DELETE
+    {"password"}`` deletes the account (this device stays, as a guest; the others end)."""
+
+    async def get(self) -> None:
+        session = await self.require_session()
+        registered = await accounts_of(self).registered(session)
+        self.write_json({"nick": session.nick, "registered": registered})
+
+    async def post(self) -> None:
+        session = await self.require_session()
+        password = self.body_fields().get("password")
+        session = await accounts_of(self).register(
+            session, password, self.request.remote_ip or ""
+        )
+        self.write_json({"nick": session.nick}, status=201)
+
+    async def delete(self) -> None:
+        session = await self.require_session()
+        password = self.body_fields().get("password")
+        session = await accounts_of(self).delete(session, password, self.request.remote_ip or "")
+        self.write_json({"nick": session.nick, "registered": False})
 
 
 class MessagesAPI(JSONHandler):

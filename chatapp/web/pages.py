@@ -25,29 +25,43 @@ class JoinPage(locale.LocaleMixin, BaseHandler):
         if await self.current_session() is not None:
             self.redirect(f"/r/{room}")
             return
-        self.render("join.html", room=room, nick="", error=None)
+        self.render("join.html", room=room, nick="", error=None, registered=False)
 
     head = get  # uptime checkers use HEAD: the same answer without its body (Tornado drops it)
 
     async def post(self) -> None:
-        """``POST /join``: choose a nickname; 303 to the room, or the form again with why not."""
+        """``POST /join``: choose a nickname, or log in to a registered one with its password
+        (the form shows the password field once the nickname turns out to be registered);
+        303 to the room, or the form again with why not."""
         nick = self.get_body_argument("nick", "")
+        # Not stripped: a password is exactly what was typed.
+        password = self.get_body_argument("password", "", strip=False)
         room = self.get_body_argument("room", "") or rules.DEFAULT_ROOM
+        address = self.request.remote_ip or ""
         try:
             rules.check_room(room)
             current = await self.current_session()
-            if current is not None and rules.nick_key(current.nick) == rules.nick_key(nick.strip()):
+            if current is not None and rules.nick_keys(current.nick) == rules.nick_keys(
+                rules.check_nick(nick)
+            ):
                 session = current  # choosing the nickname you already hold
+            elif password:
+                session = await self.settings["accounts"].login(nick, password, address)
             else:
-                session = await self.chat.sessions.create(nick, self.request.remote_ip or "")
-                if current is not None:
-                    await self.chat.end_session(current)
+                session = await self.chat.sessions.create(nick, address)
+            if current is not None and session is not current:
+                await self.chat.end_session(current)
         except ChatError as exc:
             self.set_status(exc.status)
             shown_room = room if rules.is_valid_room(room) else rules.DEFAULT_ROOM
+            registered = exc.code == "nick_registered" or bool(password)
+            message = exc.message
+            if exc.code == "nick_registered":
+                message = ("This nickname is registered. Enter its password to log in, "
+                           "or choose another nickname.")
             # The rule's sentence in the reader's language (English when it has none).
-            error = self.locale.translate(exc.message)
-            self.render("join.html", room=shown_room, nick=nick, error=error)
+            self.render("join.html", room=shown_room, nick=nick,
+                        error=self.locale.translate(message), registered=registered)
             return
         self.set_session_cookie(session)
         self.redirect(f"/r/{room}", status=303)
