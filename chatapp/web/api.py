@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import cast
 
 import tornado.web
 from tornado.http1connection import HTTP1Connection
