@@ -288,7 +288,8 @@ class EventStore:
             "sid": {"$in": sorted({sid for sid, _ in keys})},
         }
         found = {}
-        async for row in (collection or self.events).find(query, session=session):
+        source = self.events if collection is None else collection  # (no bool() on these)
+        async for row in source.find(query, session=session):
             key = (row["sid"], row["cid"])
             if key in keys:
                 found[key] = to_event(row)

@@ -163,6 +163,7 @@ class RoomWriter:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
         try:
             while self._queue:
                 batch = self._take_batch(loop.time())
@@ -195,6 +196,21 @@ class RoomWriter:
                 self._answer(batch, results)
         finally:
             self._task = None
+            # A bug (an unexpected exception) or a cancellation must not leave a batch
+            # unanswered: its keys would stay in flight, and every retry of them would wait
+            # on a future nobody resolves, answered 503 for ever.
+            # (What is still queued is taken by the next write's task, or withdrawn at its
+            # deadline.)
+            self._abandon(batch)
+
+    def _abandon(self, batch: list[_Pending]) -> None:
+        """Answer ``store_unavailable`` to whoever in ``batch`` has no answer yet."""
+        for pending in batch:
+            key = (pending.doc["sid"], pending.doc["cid"])
+            if self._inflight.get(key) is pending.future:
+                del self._inflight[key]
+            if not pending.future.done():
+                pending.future.set_result(None)
 
     def _take_batch(self, now: float) -> list[_Pending]:
         """The next batch off the queue, without the sends whose time left is too short to
