@@ -32,9 +32,10 @@ from tests.steps import ROOM, events_until, history, new_cid, open_ws_backlog, p
 
 # How long after its new primary the chat must accept sends again (the bound).
 BACK_WITHIN_SECONDS = 15.0
-# Budgets a batch must never be started with: a few milliseconds, around one round trip,
-# so that some attempts fail before the counter is taken, some after, some at the commit.
-TINY_BUDGETS = [0.0005 * k for k in range(1, 31)]
+# Budgets a batch must never be started with: 1-8 ms, around one round trip, spread so that
+# some attempts fail before the counter is taken, some after it, some at the commit. Before
+# the fix, about one in ten left its transaction open: a hundred make that certain.
+TINY_BUDGETS = [0.001 + (k * 0.00037) % 0.007 for k in range(100)]
 
 
 def _doc(nick: str = "ghost") -> dict[str, Any]:
@@ -72,8 +73,8 @@ async def test_an_append_given_a_few_milliseconds_leaves_the_room_open(rs_server
     for n, budget in enumerate(TINY_BUDGETS):
         try:
             await srv.store.append(ROOM, [_doc()], budget)
-        except StoreError as exc:
-            print("DEBUG", budget, type(exc).__name__)
+        except StoreError:
+            pass  # out of time, as expected most of the time
         code, body = await alice.send(ROOM, f"after {n}", new_cid())
         assert code == 200, f"a send right after an append given {budget * 1000:.1f} ms: {body}"
     got = await events_until(sock, f"after {len(TINY_BUDGETS) - 1}")
