@@ -11,7 +11,9 @@ more when its batch's outcome is a moment away):
 - a send still queued when its time is up is withdrawn and answered ``store_unavailable``:
   it will never be stored; so is one whose time left, when its batch is formed, is below
   ``MIN_APPEND_SECONDS``: a batch is never started with a budget too small to finish (it
-  would take the room's counter and fail part way);
+  would take the room's counter and fail part way). (A send put back in the queue after a
+  read-back, below, is never tried again either, but its first try may yet turn out to
+  have been stored: a retry with its client_id finds it.)
 - a batch is given the time its oldest sender has left. If MongoDB has not committed it by
   then, the outcome is unknown (the commit may have happened just before the connection
   dropped): the writer reads back what was stored before storing anything else in the room,
