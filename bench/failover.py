@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import tempfile
 import uuid
@@ -73,7 +74,11 @@ def main() -> int:
     parser.add_argument("--mongo_timeout", type=float, default=4.0,
                         help="the server's --mongo_timeout (store_timeout)")
     parser.add_argument("--cluster", action="store_true", help="run the server in cluster mode")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the server's log (every refused send, the writer's retries)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
+                        format="%(asctime)s %(name)s %(message)s")
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
