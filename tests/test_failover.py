@@ -104,13 +104,22 @@ async def test_a_send_with_too_little_time_left_is_refused_at_once(servers):
             await release.wait()  # the first batch is slow: MongoDB stalls a moment
         return await real_append(room, docs, budget)
 
+    arrived: list[float] = []
+    real_send = srv.chat.send
+
+    async def send_noted(*args: Any) -> dict[str, Any]:
+        arrived.append(time.monotonic())  # when the server took the send: its clock starts
+        return await real_send(*args)
+
     srv.store.append = slow_append  # type: ignore[method-assign]
+    srv.chat.send = send_noted  # type: ignore[method-assign]
     first = asyncio.ensure_future(alice.send(ROOM, "slow", new_cid()))
     await _eventually(lambda: len(budgets) == 1)
-    queued_at = time.monotonic()
     second = asyncio.ensure_future(alice.send(ROOM, "late", new_cid()))
-    # Let the queued send's time run down below the minimum, then let the first batch end.
-    await _until(queued_at + timeout - MIN_APPEND_SECONDS / 2)
+    await _eventually(lambda: len(arrived) == 2)
+    # Let the queued send's time run down to below the minimum (but not out), then let the
+    # first batch end: before the fix, the second was tried with that tenth of a second.
+    await _until(arrived[1] + timeout - MIN_APPEND_SECONDS * 0.4)
     release.set()
     assert (await first)[0] == 200
     code, body = await second
