@@ -5,8 +5,8 @@ published out of order. So each room has one writer, which stores a batch (every
 while the previous batch was being stored: group commit), then publishes it, then takes the
 next. Batching keeps throughput high under load; the single writer keeps the order simple.
 
-Every sender is answered within ``timeout`` seconds (and at most ``APPEND_GRACE_SECONDS``
-more when its batch's outcome is a moment away):
+Every sender is answered within ``timeout`` seconds (and at most twice
+``APPEND_GRACE_SECONDS`` more when its batch's outcome is a moment away):
 
 - a send still queued when its time is up is withdrawn and answered ``store_unavailable``:
   it will never be stored; so is one whose time left, when its batch is formed, is below

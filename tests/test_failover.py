@@ -10,7 +10,8 @@ primary elected from the other two). After each: every acknowledged message is i
 gap, the reader got exactly that sequence, and sends were accepted again within 15 s of the
 new primary. Each prints its row of the failover table (docs/BENCHMARKS.md).
 
-Those are marked ``failover`` (slow: a minute or so each) and run in the normal suite. The
+Those are marked ``failover`` (slow: 5-30 s each, the set's start and heal included; about
+1.5-3 minutes for the file) and run in the normal suite. The
 first tests are the fast ones: the "tiny budget" bug without any failover.
 """
 
