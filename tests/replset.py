@@ -28,6 +28,12 @@ from chatapp.mongod import HOST, REPLSET, EmbeddedMongo
 # 2-core machine does not start one spuriously, and a test's failover takes seconds.
 ELECTION_TIMEOUT_MS = 2000
 HEARTBEAT_INTERVAL_MS = 500
+# How long a member goes without answering heartbeats before the others count it as down
+# (MongoDB's default: 10 s). A secondary whose sync source froze keeps fetching from it until
+# then, and until it has switched to the new primary nothing reaches a majority: with the
+# default, a frozen primary cost 9 s of refused sends after its successor was elected. 4 s:
+# twice the election timeout, still far above a loaded machine's heartbeat delays.
+HEARTBEAT_TIMEOUT_SECONDS = 4
 # A new primary first catches up with the most up-to-date member it can reach (default: as
 # long as it takes); bounded, so a primary is writable soon after it is elected.
 CATCH_UP_TIMEOUT_MS = 2000
@@ -82,6 +88,7 @@ class ReplicaSet:
             "settings": {
                 "electionTimeoutMillis": ELECTION_TIMEOUT_MS,
                 "heartbeatIntervalMillis": HEARTBEAT_INTERVAL_MS,
+                "heartbeatTimeoutSecs": HEARTBEAT_TIMEOUT_SECONDS,
                 "catchUpTimeoutMillis": CATCH_UP_TIMEOUT_MS,
             },
         }
