@@ -171,12 +171,24 @@ class EmbeddedMongo:
     """
 
     def __init__(
-        self, data_dir: str, port: int | None = None, binary: str | None = None,
+        self,
+        data_dir: str,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
         die_with_parent: bool = False,
+        set_member: bool = False,
+        transaction_lifetime: int = TRANSACTION_LIFETIME_SECONDS,
     ) -> None:
         """``die_with_parent``: Linux, mongod is sent SIGTERM when the thread that started it
         ends (see ``_die_with_parent``): for the app, whose main thread and watchdog thread
-        live as long as mongod should; not for callers that start it from passing threads."""
+        live as long as mongod should; not for callers that start it from passing threads.
+        ``set_member``: this mongod is one member of a bigger replica set that someone else
+        configures (``tests/replset.py``): ``start()`` returns once it answers, and never
+        initiates or reconfigures the set (which would make it a set of one).
+        ``transaction_lifetime``: mongod's ``transactionLifetimeLimitSeconds``."""
+        self.set_member = set_member
+        self.transaction_lifetime = transaction_lifetime
         self.data_dir = os.fspath(data_dir)
         self._die_with_parent = die_with_parent
         self.dbpath = os.path.join(self.data_dir, "mongodb")
@@ -199,6 +211,21 @@ class EmbeddedMongo:
         """Connection URI for motor/pymongo (valid once start() has chosen the port)."""
         return f"mongodb://{HOST}:{self.port}/?replicaSet={REPLSET}"
 
+    @property
+    def pid(self) -> int:
+        """The running mongod's process id; raises RuntimeError when it is not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("mongod is not running")
+        return self._proc.pid
+
+    def pause(self) -> None:
+        """SIGSTOP mongod: a frozen server, which holds its connections and never answers."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a mongod stopped by ``pause()``."""
+        os.kill(self.pid, signal.SIGCONT)
+
     def is_running(self) -> bool:
         """True while the mongod process started by this object is alive."""
         return self._proc is not None and self._proc.poll() is None
@@ -220,7 +247,8 @@ class EmbeddedMongo:
         cache. On first use of the dbpath the replica set is initiated; on a
         later start with a different port, the stored config (which still
         names the old host:port) is force-reconfigured to the new one.
-        Calling start() while already running just returns the URI.
+        Calling start() while already running just returns the URI. A ``set_member``
+        returns as soon as it answers, configured or not, primary or not.
 
         Raises MongodNotFound if there is no binary, and RuntimeError with the
         tail of mongod's log if it exits early (e.g. the dbpath is locked by
@@ -297,7 +325,7 @@ class EmbeddedMongo:
             "--wiredTigerCacheSizeGB", str(CACHE_SIZE_GB),
             # No FTDC files: they are only for MongoDB support and bloat the data dir.
             "--setParameter", "diagnosticDataCollectionEnabled=false",
-            "--setParameter", f"transactionLifetimeLimitSeconds={TRANSACTION_LIFETIME_SECONDS}",
+            "--setParameter", f"transactionLifetimeLimitSeconds={self.transaction_lifetime}",
         ]  # fmt: skip
         # mongod logs to stdout by default; sending stdout and stderr to the
         # file (rather than --logpath) also captures errors printed before its
@@ -322,6 +350,8 @@ class EmbeddedMongo:
             )
             with client:
                 self._wait(deadline, "accepting connections", lambda: self._answering(client))
+                if self.set_member:
+                    return  # whoever configures the set waits for its primary
                 self._wait(
                     deadline,
                     "replica-set configured",

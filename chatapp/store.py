@@ -23,6 +23,11 @@ Collections:
 - ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
   ``take_send_token``.
 
+Durability: writes are acknowledged by a majority of the replica set, journaled; reads see
+only what a majority has (``connect``, and stated again on the reads the writer's promises
+rest on: ``find_batch``, ``after``); ``append``'s transaction reads a snapshot and commits
+with the majority. Nothing is left to the server's defaults.
+
 Ordering: ``append`` takes the next sequence numbers from the room's counter and inserts the
 events in one transaction. Two writers (tasks or processes) that append to the same room at
 once both update the counter document, so MongoDB lets only one commit and retries the other
@@ -41,7 +46,9 @@ from typing import Any
 
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, ExecutionTimeout, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
 
 from chatapp import kinds
 from chatapp.errors import ChatError
@@ -64,19 +71,75 @@ MAX_AWAIT_MS = 1000
 # left in the driver make the next run, without another wait on the server.
 MAX_CHANGE_RUN = 500
 
+# Durability, stated rather than left to the server's defaults (which a replica set with an
+# arbiter, or an old one, sets otherwise): a write is acknowledged once a majority of the
+# members have it in their journal, so no failover or power cut can take it back.
+MAJORITY_WRITE = WriteConcern("majority", j=True)
+# What every read sees unless it says otherwise: only what a majority has, which no failover
+# can roll back. The reads whose answer is acknowledged or published state it again.
+MAJORITY_READ = ReadConcern("majority")
+# A transaction reads one snapshot (its find of the batch's client_ids and the counter agree);
+# committed with MAJORITY_WRITE, what it read is majority-committed too: the commit of a
+# transaction that only found its sends stored already waits for a majority as well.
+TRANSACTION_READ = ReadConcern("snapshot")
+# A transaction that failed (its budget ran out, the connection dropped) is ended in a budget
+# of its own, outside the expired one: an abort, or one more try of a commit whose outcome is
+# unknown. Under the expired budget the driver does not even send them, and the transaction
+# stays open on the server, holding the room's counter, so that every other send to the room
+# fails on a write conflict until MongoDB expires it (transactionLifetimeLimitSeconds: 60 s by
+# default, checked every 30 s). Half a second is a hundred times what an abort takes on a
+# healthy primary; on a primary that is gone it is as good as lost (and so is the
+# transaction: a primary that steps down aborts its transactions, a killed one has none).
+END_TRANSACTION_SECONDS = 0.5
+
 
 def connect(uri: str, timeout: float) -> AsyncIOMotorClient:
     """A Motor client whose every operation gives up after ``timeout`` seconds.
 
     The bound is what lets a send answer ``503 store_unavailable`` within seconds while
     MongoDB is down, instead of hanging until the driver's 30 s server-selection default.
+
+    Writes are acknowledged by a majority, journaled (``MAJORITY_WRITE``); reads see what a
+    majority has (``MAJORITY_READ``); reads go to the primary (the default, kept). A URI
+    that sets ``w``, ``journal`` or ``readConcernLevel`` itself is overridden: chatapp's
+    promise that an acknowledged message survives a failover rests on these.
     """
     return AsyncIOMotorClient(
         uri,
         timeoutMS=int(timeout * 1000),
         serverSelectionTimeoutMS=int(timeout * 1000),
         tz_aware=False,
+        w=MAJORITY_WRITE.document["w"],
+        journal=True,
+        readConcernLevel=MAJORITY_READ.level,
     )
+
+
+async def _end_failed_transaction(session: Any, committing: bool, exc: BaseException) -> bool:
+    """End ``session``'s transaction, whose attempt failed with ``exc``, within
+    ``END_TRANSACTION_SECONDS`` of its own; True if it committed after all.
+
+    Before its commit: aborted. A commit whose outcome is unknown (no answer in time, the
+    connection dropped) is tried once more (commitTransaction may be repeated: a commit that
+    had landed answers success again): pymongo allows no abort after a commit was tried.
+    A commit that failed for certain left nothing open on the server.
+    """
+    with pymongo.timeout(END_TRANSACTION_SECONDS):
+        if session.in_transaction:
+            # Not Motor's `async with`: its abort, failing too (the client closed at
+            # shutdown), replaced the error, a cancellation included, and the writer then
+            # retried forever: the process never exited.
+            with contextlib.suppress(PyMongoError):
+                await session.abort_transaction()
+            return False
+        if committing and isinstance(exc, PyMongoError) \
+                and exc.has_error_label("UnknownTransactionCommitResult"):
+            try:
+                await session.commit_transaction()
+            except PyMongoError:
+                return False
+            return True
+    return False
 
 
 def to_event(doc: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +167,9 @@ class EventStore:
         self.client = client
         db = client[db_name]
         self.events = db["events"]
+        # The same collection with read concern majority stated on it: for the reads that
+        # decide what is acknowledged or published (``find_batch``, ``after``).
+        self.events_majority = self.events.with_options(read_concern=MAJORITY_READ)
         self.counters = db["counters"]
         self.sessions = db["sessions"]
         # Cluster presence: one document per (room, session), see "presence leases" below.
@@ -153,7 +219,14 @@ class EventStore:
 
         Gives up (raises) after ``timeout`` seconds in all, retries included (default: the
         client's ``timeoutMS``): nothing is attempted or retried after that, so a batch is
-        never stored long after its senders were told it was not.
+        never stored long after its senders were told it was not. A failed attempt is then
+        ended (aborted, or its unknown commit tried once more) within
+        ``END_TRANSACTION_SECONDS`` more, so that it does not hold the room's counter; the
+        trap it avoids: ended under the expired budget, it stayed open on the server for up
+        to 90 s and the room refused every send meanwhile.
+
+        Committed with ``MAJORITY_WRITE`` from a ``snapshot``: a result, new or found, is
+        one a majority has.
         """
 
         async def transaction(session: Any) -> list[Appended]:
@@ -191,37 +264,46 @@ class EventStore:
         limit = timeout if timeout is not None else (
             self.client.options.timeout or 120.0)  # type: ignore[attr-defined]
         deadline = time.monotonic() + limit
-        with pymongo.timeout(limit):
-            async with await self.client.start_session() as session:
-                while True:
-                    session.start_transaction()
-                    try:
+        async with await self.client.start_session() as session:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:  # (pymongo.timeout(0) would mean "no limit at all")
+                    raise ExecutionTimeout("no time left to store the batch")
+                # No max_commit_time_ms: under pymongo.timeout the driver ignores it and
+                # sends the budget left as the commit's maxTimeMS, which bounds it anyway.
+                session.start_transaction(
+                    read_concern=TRANSACTION_READ, write_concern=MAJORITY_WRITE
+                )
+                results: list[Appended] = []
+                committing = False
+                try:
+                    with pymongo.timeout(left):
                         results = await transaction(session)
+                        committing = True
                         await session.commit_transaction()
-                        return results
-                    except BaseException as exc:
-                        # (Motor's stubs declare the ``in_transaction`` property as a method.)
-                        if session.in_transaction:  # type: ignore[truthy-function]
-                            # Not Motor's `async with`: its abort, failing too (the client
-                            # closed at shutdown), replaced the error, a cancellation included,
-                            # and the writer then retried forever: the process never exited.
-                            with contextlib.suppress(PyMongoError):
-                                await session.abort_transaction()
-                        # A write conflict on the room's counter (another writer committed
-                        # first): try again against the new counter, in the time left.
-                        if (isinstance(exc, PyMongoError)
-                                and exc.has_error_label("TransientTransactionError")
-                                and time.monotonic() < deadline):
-                            # A short random pause: writers colliding on one counter would
-                            # otherwise collide again at once, and spin while a dead
-                            # process's transaction still holds it.
-                            await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS))
-                            continue
-                        raise
+                    return results
+                except BaseException as exc:
+                    # Outside the expired budget: see END_TRANSACTION_SECONDS.
+                    if await _end_failed_transaction(session, committing, exc):
+                        return results  # the commit went through when tried again
+                    # A write conflict on the room's counter (another writer committed
+                    # first): try again against the new counter, in the time left.
+                    if (isinstance(exc, PyMongoError)
+                            and exc.has_error_label("TransientTransactionError")
+                            and time.monotonic() < deadline):
+                        # A short random pause: writers colliding on one counter would
+                        # otherwise collide again at once, and spin while a dead
+                        # process's transaction still holds it.
+                        await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS))
+                        continue
+                    raise
 
     async def _find_sent(
-        self, room: str, docs: list[dict[str, Any]], session: Any = None
+        self, room: str, docs: list[dict[str, Any]], session: Any = None,
+        collection: Any = None,
     ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Which of ``docs`` are stored: in ``append``'s transaction (its snapshot), or read
+        through ``collection`` (``find_batch``'s majority reads)."""
         keys = {_send_key(d) for d in docs if "cid" in d}
         if not keys:
             return {}
@@ -231,7 +313,8 @@ class EventStore:
             "sid": {"$in": sorted({sid for sid, _ in keys})},
         }
         found = {}
-        async for row in self.events.find(query, session=session):
+        source = self.events if collection is None else collection  # (no bool() on these)
+        async for row in source.find(query, session=session):
             key = (row["sid"], row["cid"])
             if key in keys:
                 found[key] = to_event(row)
@@ -240,8 +323,17 @@ class EventStore:
     async def find_batch(
         self, room: str, docs: list[dict[str, Any]]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Which of ``docs`` are stored, by (sid, cid): to learn what a failed append did."""
-        return await self._find_sent(room, docs)
+        """Which of ``docs`` are stored for good, by (sid, cid): to learn what a failed append
+        did.
+
+        Read concern ``majority``, stated here because the writer's promise rests on it: what
+        this finds is acknowledged and published, so it must be what no failover can roll
+        back. A ``local`` read on a primary that has lost its secondaries finds what only that
+        primary holds: acknowledged, then lost, and its ids handed out again. Not found here
+        does not mean never stored: a commit a majority has but has not yet confirmed becomes
+        visible a moment later (a retry with the same client_id then returns it).
+        """
+        return await self._find_sent(room, docs, collection=self.events_majority)
 
     async def latest(self, room: str, limit: int) -> list[dict[str, Any]]:
         """The room's last ``limit`` events, oldest first."""
@@ -250,9 +342,14 @@ class EventStore:
         return [to_event(r) for r in reversed(rows)]
 
     async def after(self, room: str, seq: int, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` events with a sequence number above ``seq``, oldest first."""
+        """Up to ``limit`` events with a sequence number above ``seq``, oldest first.
+
+        Read concern ``majority`` (stated, not left to the client's default): the writer
+        publishes what this returns (a gap) and cursors resume from it, so it must never
+        return an event a failover can still roll back."""
         cursor = (
-            self.events.find({"room": room, "seq": {"$gt": seq}}).sort("seq", ASC).limit(limit)
+            self.events_majority.find({"room": room, "seq": {"$gt": seq}})
+            .sort("seq", ASC).limit(limit)
         )
         return [to_event(r) for r in await cursor.to_list(limit)]
 

@@ -5,10 +5,15 @@ published out of order. So each room has one writer, which stores a batch (every
 while the previous batch was being stored: group commit), then publishes it, then takes the
 next. Batching keeps throughput high under load; the single writer keeps the order simple.
 
-Every sender is answered within ``timeout`` seconds:
+Every sender is answered within ``timeout`` seconds (and at most twice
+``APPEND_GRACE_SECONDS`` more when its batch's outcome is a moment away):
 
 - a send still queued when its time is up is withdrawn and answered ``store_unavailable``:
-  it will never be stored;
+  it will never be stored; so is one whose time left, when its batch is formed, is below
+  ``MIN_APPEND_SECONDS``: a batch is never started with a budget too small to finish (it
+  would take the room's counter and fail part way). (A send put back in the queue after a
+  read-back, below, is never tried again either, but its first try may yet turn out to
+  have been stored: a retry with its client_id finds it.)
 - a batch is given the time its oldest sender has left. If MongoDB has not committed it by
   then, the outcome is unknown (the commit may have happened just before the connection
   dropped): the writer reads back what was stored before storing anything else in the room,
@@ -16,9 +21,21 @@ Every sender is answered within ``timeout`` seconds:
   found unstored that still have time go back to the head of the queue; the others are
   answered ``store_unavailable``, as is any sender whose time runs out during the read-back
   (safe to retry with the same client_id: a retry returns the event if it was stored).
+
+What is acknowledged or published is only ever what a majority of the replica set has, so
+no failover can take it back: appends commit with write concern ``majority`` (journaled),
+and the read-back (``find_batch``) and the gap read (``after``) use read concern
+``majority``. The trap: a ``local`` read-back on a primary that has lost its secondaries
+finds the batch it could not replicate, and acknowledges it; the next primary never had it
+and hands its ids to other messages. A read-back at ``majority`` may miss a commit that a
+majority has but has not confirmed yet (a new primary's first moments): those sends are
+retried, and the retry finds the event stored (``is_new=False``); it is published then, as
+is any stored event, new or found, above the last one published.
+
 And since a room's ids have no holes (the counter and the events change in one transaction), a
 batch whose first id is not the next one reveals events committed even later than that (a
-frozen MongoDB resuming): they are read and published first.
+frozen MongoDB resuming, a commit confirmed after its read-back): they are read (asked until
+MongoDB answers, like the read-back) and published first.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ from typing import Any
 from chatapp import metrics
 from chatapp.errors import store_unavailable
 from chatapp.rules import parse_id
-from chatapp.store import Appended, EventStore, StoreError
+from chatapp.store import END_TRANSACTION_SECONDS, Appended, EventStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +58,18 @@ MAX_BATCH = 500
 # While MongoDB is unreachable, how often the writer tries to learn what the failed batch did.
 RESOLVE_RETRY_SECONDS = 0.5
 # An append is given its oldest sender's time left, and this much more to report back before
-# the writer stops waiting for it: a transaction is several operations, each bounded on its
-# own by the client's timeout, so the driver alone does not keep the total within the limit.
-APPEND_GRACE_SECONDS = 0.5
+# the writer stops waiting for it: the store ends a failed transaction in a budget of its own
+# (END_TRANSACTION_SECONDS) after the batch's has run out, and half a second more covers a
+# loaded machine getting round to the answer.
+APPEND_GRACE_SECONDS = END_TRANSACTION_SECONDS + 0.5
+# A batch is never started with less time than this (or a quarter of the senders' timeout,
+# if that is smaller: a tiny --mongo_timeout still gets tries). A batch is four round trips
+# (the client_ids, the counter, the insert, the commit) and the commit waits for a majority
+# to journal it: 5-10 ms on a healthy set, tens of ms on a loaded machine. Given less, it
+# mostly fails part way, and failing part way is what costs: an abort, a read-back holding
+# the room. Sends with less time left have waited most of their time already (a failover):
+# they are answered store_unavailable at once, never tried; the client retries.
+MIN_APPEND_SECONDS = 0.25
 
 Key = tuple[str, str]
 
@@ -140,18 +166,18 @@ class RoomWriter:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
         try:
             while self._queue:
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
+                batch = self._take_batch(loop.time())
+                if not batch:
+                    continue
                 docs = [p.doc for p in batch]
                 # The oldest sender's time left bounds the whole batch (see the module doc).
                 time_left = min(p.deadline for p in batch) - loop.time()
                 for pending in batch:
                     pending.appending = True
                 try:
-                    if time_left <= 0:
-                        raise TimeoutError("no time left to store this batch")
                     results: list[Appended | None] = list(await asyncio.wait_for(
                         self.store.append(self.room, docs, time_left),
                         time_left + APPEND_GRACE_SECONDS,
@@ -167,11 +193,43 @@ class RoomWriter:
                     self._answer(late, [None] * len(late))
                     results = await self._read_back(docs)
                     batch, results = self._retry_unstored(batch, results, loop.time())
+                # Found ones too: a commit given up on that landed after all was never
+                # published (``_publish_in_order`` drops what was). Refused or no-op actions
+                # carry no event.
                 await self._publish_in_order(
-                    [r.event for r in results if r and r.is_new and r.event is not None])
+                    [r.event for r in results if r and r.event is not None])
                 self._answer(batch, results)
         finally:
             self._task = None
+            # A bug (an unexpected exception) or a cancellation must not leave a batch
+            # unanswered: its keys would stay in flight, and every retry of them would wait
+            # on a future nobody resolves, answered 503 for ever.
+            # (What is still queued is taken by the next write's task, or withdrawn at its
+            # deadline.)
+            self._abandon(batch)
+
+    def _abandon(self, batch: list[_Pending]) -> None:
+        """Answer ``store_unavailable`` to whoever in ``batch`` has no answer yet."""
+        for pending in batch:
+            key = (pending.doc["sid"], pending.doc["cid"])
+            if self._inflight.get(key) is pending.future:
+                del self._inflight[key]
+            if not pending.future.done():
+                pending.future.set_result(None)
+
+    def _take_batch(self, now: float) -> list[_Pending]:
+        """The next batch off the queue, without the sends whose time left is too short to
+        store them (answered store_unavailable now: see ``MIN_APPEND_SECONDS``)."""
+        batch = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        least = min(MIN_APPEND_SECONDS, self.timeout / 4)
+        short = [p for p in batch if p.deadline - now < least]
+        if short:
+            log.warning("%d send(s) to %s had too little time left to be tried", len(short),
+                        self.room)
+            self._answer(short, [None] * len(short))
+            batch = [p for p in batch if p.deadline - now >= least]
+        return batch
 
     def _retry_unstored(
         self, batch: list[_Pending], results: list[Appended | None], now: float
@@ -210,24 +268,31 @@ class RoomWriter:
         ]
 
     async def _publish_in_order(self, events: list[dict[str, Any]]) -> None:
-        if not events:
-            return
-        metrics.stored(events)
+        """Publish what is not yet published of ``events`` (stored ones, new or found), in id
+        order, after any unpublished events below them (``_gap``)."""
         if self.last_published is not None:
             last = parse_id(self.last_published())
-            first = parse_id(events[0]["id"])
-            if first > last + 1:
-                events = await self._gap(last, first) + events
-        self.publish(events)
+            events = sorted(
+                (e for e in events if parse_id(e["id"]) > last), key=lambda e: parse_id(e["id"])
+            )
+            if events and parse_id(events[0]["id"]) > last + 1:
+                events = await self._gap(last, parse_id(events[0]["id"])) + events
+        if events:
+            metrics.stored(events)
+            self.publish(events)
 
     async def _gap(self, last: int, first: int) -> list[dict[str, Any]]:
         """Events committed between ``last`` and ``first`` that were never published: a
-        commit that landed after its batch was given up on."""
-        try:
-            missed = await self.store.after(self.room, last, first - last - 1)
-        except StoreError as exc:
-            log.warning("could not read ids %d-%d of %s: %s", last + 1, first - 1, self.room, exc)
-            return []
+        commit that landed after its batch was given up on. Asked until MongoDB answers:
+        publishing ``first`` without them would move every reader's cursor past them."""
+        while True:
+            try:
+                missed = await self.store.after(self.room, last, first - last - 1)
+                break
+            except StoreError as exc:
+                log.warning("could not read ids %d-%d of %s: %s", last + 1, first - 1,
+                            self.room, exc)
+                await asyncio.sleep(RESOLVE_RETRY_SECONDS)
         log.info("publishing %d event(s) of %s committed after their batch gave up",
                  len(missed), self.room)
         return missed
