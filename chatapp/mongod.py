@@ -211,8 +211,7 @@ class EmbeddedMongo:
         """Connection URI for motor/pymongo (valid once start() has chosen the port)."""
         return f"mongodb://{HOST}:{self.port}/?replicaSet={REPLSET}"
 
-    @property
-    def pid(self) -> int:
+    def _running_pid(self) -> int:
         """The running mongod's process id; raises RuntimeError when it is not running."""
         if self._proc is None or self._proc.poll() is not None:
             raise RuntimeError("mongod is not running")
@@ -220,11 +219,11 @@ class EmbeddedMongo:
 
     def pause(self) -> None:
         """SIGSTOP mongod: a frozen server, which holds its connections and never answers."""
-        os.kill(self.pid, signal.SIGSTOP)
+        os.kill(self._running_pid(), signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT a mongod stopped by ``pause()``."""
-        os.kill(self.pid, signal.SIGCONT)
+        os.kill(self._running_pid(), signal.SIGCONT)
 
     def is_running(self) -> bool:
         """True while the mongod process started by this object is alive."""
