@@ -12,7 +12,7 @@ from tornado.log import access_log
 
 from chatapp import paths, rules
 from chatapp.chat import Chat
-from chatapp.web import api, pages, ws
+from chatapp.web import api, pages, rooms_api, ws
 
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
@@ -44,6 +44,10 @@ def make_app(
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
         (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
+        (rf"/api/rooms/{ROOM}/typing", rooms_api.TypingAPI),
+        (rf"/api/rooms/{ROOM}/read", rooms_api.ReadAPI),
+        (r"/api/rooms", rooms_api.RoomsAPI),
+        (r"/api/me/rooms", rooms_api.MyRoomsAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).

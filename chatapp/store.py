@@ -17,6 +17,8 @@ Collections:
   ``join_member``.
 - ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
   ``take_send_token``.
+- ``reads`` (read markers) and ``signals`` (cluster typing): in ``store_rooms.py``
+  (``EventStore.rooms``), this module's part for rooms, markers and signals.
 
 Ordering: ``append`` takes the next sequence numbers from the room's counter and inserts the
 events in one transaction. Two writers (tasks or processes) that append to the same room at
@@ -41,6 +43,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from chatapp import kinds
 from chatapp.errors import ChatError
 from chatapp.rules import format_id, parse_id
+from chatapp.store_rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ class EventStore:
         self.members = db["members"]
         # Cluster rate limit: one token bucket per session, see ``take_send_token``.
         self.send_buckets = db["send_buckets"]
+        # Read markers, the rooms directory, cluster signals (store_rooms.py).
+        self.rooms = RoomStore(db)
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -130,6 +135,7 @@ class EventStore:
         await self.members.create_index("until_max")
         # A bucket nobody has drawn from since it refilled says nothing: MongoDB drops it.
         await self.send_buckets.create_index("expire_at", expireAfterSeconds=0)
+        await self.rooms.create_indexes()
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -434,7 +440,8 @@ class EventStore:
         return reply["operationTime"]
 
     def watch(self, resume_after: Any = None, start_at: Any = None) -> Any:
-        """A change stream of new events and of sessions that ended (anywhere in the cluster).
+        """A change stream of new events, of sessions that ended and of typing signals
+        (anywhere in the cluster).
 
         Use as ``async with store.watch(...) as stream: async for change in stream``.
         """
@@ -442,6 +449,7 @@ class EventStore:
             {"$match": {"$or": [
                 {"ns.coll": self.events.name, "operationType": "insert"},
                 {"ns.coll": self.sessions.name, "operationType": "delete"},
+                {"ns.coll": self.rooms.signals.name, "operationType": "insert"},
             ]}}
         ]
         return self.events.database.watch(

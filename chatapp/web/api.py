@@ -7,7 +7,7 @@ import random
 import tornado.web
 
 from chatapp import rules
-from chatapp.buffer import Batch
+from chatapp.buffer import Batch, encode
 from chatapp.errors import ChatError
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, View
 from chatapp.store import StoreError
@@ -92,7 +92,9 @@ def _form_bool(value: object) -> object:
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport."""
+    """``GET /api/rooms/<room>/updates?cursor=<id>&signals=<version>``: the long-poll
+    transport. With ``signals`` it also answers when presence or typing changed since that
+    version, and every answer carries the lists (``RoomSignals.state``)."""
 
     waiter: PollWaiter | None = None
 
@@ -102,9 +104,10 @@ class UpdatesAPI(JSONHandler):
         cursor = self.get_query_argument("cursor", None)
         if cursor is not None:
             rules.check_cursor(cursor)
+        signals = self.get_query_argument("signals", None)
         timeout = self.settings["poll_timeout"] * random.uniform(1 - POLL_JITTER, 1)
         entries = await self.chat.poll(
-            session, room, cursor, timeout, self.request.remote_ip or "", self._park
+            session, room, cursor, timeout, self.request.remote_ip or "", self._park, signals
         )
         if entries is None:
             if self.request.connection.stream.closed():
@@ -121,7 +124,8 @@ class UpdatesAPI(JSONHandler):
         )
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"}')
+        extra = "" if signals is None else "," + encode(self.chat.signals_of(room))[1:-1]
+        self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"' + extra + "}")
 
     def _park(self, waiter: PollWaiter) -> None:
         self.waiter = waiter
