@@ -447,6 +447,8 @@ class Page(HTMLParser):
         self._in_text = 0
         self._script_body = ""
         self._in_script = False
+        self.data_blocks: list[str] = []  # <script type="application/json">: data, never run
+        self._in_data = False
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -457,24 +459,33 @@ class Page(HTMLParser):
             self.message_texts.append("")
         elif self._in_text:
             self._in_text += 1
-        self._in_script = tag == "script"
+        self._in_data = tag == "script" and a.get("type") == "application/json"
+        self._in_script = tag == "script" and not self._in_data
+        if self._in_data:
+            self.data_blocks.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if self._in_text:
             self._in_text -= 1
         self._in_script = False
+        self._in_data = False
 
     def handle_data(self, data: str) -> None:
         if self._in_text:
             self.message_texts[-1] += data
         if self._in_script:
             self._script_body += data
+        if self._in_data:
+            self.data_blocks[-1] += data
 
 
 def assert_nothing_runs(page: Page) -> None:
-    scripts = [a for tag, a in page.tags if tag == "script"]
+    scripts = [a for tag, a in page.tags if tag == "script" and a.get("type") != "application/json"]
     assert scripts and all((a.get("src") or "").startswith("/static/") for a in scripts), scripts
     assert page._script_body.strip() == "", page._script_body
+    for block in page.data_blocks:  # JSON data: nothing in it can end the element or start one
+        assert "<" not in block and ">" not in block, block
+        json.loads(block)
     for tag, a in page.tags:
         assert tag not in ("img", "svg", "iframe", "object", "embed"), (tag, a)
         assert not [k for k in a if k.startswith("on")], (tag, a)
@@ -495,6 +506,9 @@ async def test_the_room_page_shows_hostile_messages_as_text_and_nothing_runs(ser
     page = Page(html)
     assert page.message_texts == HOSTILE_TEXTS  # shown exactly as typed, as text
     assert_nothing_runs(page)
+    # The page data the script draws from carries the same texts, exactly.
+    data = json.loads(page.data_blocks[0])
+    assert [e["text"] for e in data["events"] if e["type"] == "message"] == HOSTILE_TEXTS
     assert "{{ 7*7 }}" in html and srv.app.settings["cookie_secret"] not in html
     # One form only (the composer's): the message's xsrf_form_html() stayed text.
     assert [a.get("name") for t, a in page.tags if t == "input"].count("_xsrf") == 1
@@ -564,7 +578,8 @@ def markup_sinks(source: str) -> list[str]:
 
 
 def test_chat_js_never_turns_data_into_markup_or_code():
-    assert markup_sinks(CHAT_JS.read_text(encoding="utf-8")) == []
+    for script in sorted(CHAT_JS.parent.glob("*.js")):  # every file of the client
+        assert markup_sinks(script.read_text(encoding="utf-8")) == [], script.name
 
 
 @pytest.mark.parametrize("snippet", [

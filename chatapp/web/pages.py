@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 import tornado.web
@@ -45,8 +46,40 @@ class JoinPage(BaseHandler):
         self.redirect(f"/r/{room}", status=303)
 
 
+def page_limits() -> dict[str, int]:
+    """The limits the page repeats to people (the composer's counter, the edit box), taken
+    from the rules so that a limit changes in one place."""
+    return {
+        "max_text": rules.MAX_TEXT_CHARS,
+        "max_nick": rules.MAX_NICK_CHARS,
+        "max_preview": rules.MAX_PREVIEW_CHARS,
+        "max_emoji": rules.MAX_EMOJI_CHARS,
+    }
+
+
+# Inside <script type="application/json"> nothing is decoded: "</script>" or "<!--" in a
+# message would end or confuse the element. JSON allows these escapes in strings, so the
+# page's JSON.parse reads the same text back. U+2028/2029 are escaped for old parsers.
+_SCRIPT_JSON_ESCAPES = {
+    "<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029",
+}
+
+
+def script_json(data: object) -> str:
+    """``data`` as JSON that is safe inside a ``<script type="application/json">`` element."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    for raw, escaped in _SCRIPT_JSON_ESCAPES.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
 class RoomPage(BaseHandler):
-    """``GET /r/<room>``: the chat page, already holding the room's latest events."""
+    """``GET /r/<room>``: the chat page, already holding the room's latest events.
+
+    The events travel as page data (JSON) that static/events.js draws, the same renderer as
+    for every later event; the template adds a plain <noscript> copy for a browser without
+    JavaScript. Both escape every text (the JSON by script_json, the copy by autoescape).
+    """
 
     async def get(self, room: str) -> None:
         if not rules.is_valid_room(room):
@@ -56,21 +89,30 @@ class RoomPage(BaseHandler):
         if session is None:
             self.redirect("/?" + urlencode({"room": room}))
             return
-        entries = await self.chat.updates(room, None)
-        buffer = await self.chat.room(room)
-        events = [e.event for e in entries]
-        # Older events exist when the buffer does not reach back to the room's start, or
-        # holds more than the page shows.
-        has_more = bool(buffer.floor) or len(buffer.entries) > len(events)
+        # The messages in their current state, and the log's cursor when they were read: the
+        # script resumes from there, so the actions already shown are not sent again.
+        view = await self.chat.newcomer_view(room)
+        events = [e.event for e in view]
+        has_more = view.has_more
+        nicks = await self.chat.present(room)
+        data = {
+            "room": room,
+            "nick": session.nick,
+            "cursor": view.cursor,
+            "has_more": has_more,
+            "events": events,
+            "nicks": nicks,
+            "limits": page_limits(),
+        }
         self.set_header("Cache-Control", "no-store")
         self.render(
             "room.html",
             room=room,
             nick=session.nick,
             events=events,
-            cursor=events[-1]["id"] if events else "",
             has_more=has_more,
-            nicks=await self.chat.present(room),
+            nicks=nicks,
+            page_json=script_json(data),
         )
 
     def write_error(self, status_code: int, **kwargs: object) -> None:

@@ -285,11 +285,12 @@ class Bot:
         token = [c["value"] for c in self.context.cookies(self.base_url) if c["name"] == "_xsrf"]
         return {"X-XSRFToken": token[0]}
 
-    def say(self, room: str, text: str) -> dict[str, Any]:
+    def say(self, room: str, text: str, reply_to: str | None = None) -> dict[str, Any]:
+        data = {"text": text, "client_id": uuid.uuid4().hex}
+        if reply_to is not None:
+            data["reply_to"] = reply_to
         response = self.context.request.post(
-            f"{self.base_url}/api/rooms/{room}/messages",
-            data={"text": text, "client_id": uuid.uuid4().hex},
-            headers=self._xsrf(),
+            f"{self.base_url}/api/rooms/{room}/messages", data=data, headers=self._xsrf()
         )
         assert response.status == 200, response.text()
         return response.json()["event"]

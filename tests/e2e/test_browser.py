@@ -42,7 +42,7 @@ PHONE = {
 SCREENSHOTS = ROOT / (
     "docs/img" if os.environ.get("CHATAPP_UPDATE_SCREENSHOTS") else "test-artifacts"
 )
-CHAT_JS = (ROOT / "static" / "chat.js").read_text(encoding="utf-8")
+CHAT_JS = (ROOT / "static" / "transport.js").read_text(encoding="utf-8")  # its timeouts
 # How long the page waits for a WebSocket handshake before counting it as failed.
 WS_OPEN_TIMEOUT_MS = int(re.search(r"WS_OPEN_TIMEOUT = (\d+)", CHAT_JS).group(1))
 # A WebSocket that dies younger than this counts as "did not work" (a blocked upgrade).
