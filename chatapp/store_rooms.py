@@ -22,7 +22,7 @@ import datetime
 from typing import Any
 
 import pymongo
-from pymongo.errors import CollectionInvalid, DuplicateKeyError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 ASC, DESC = pymongo.ASCENDING, pymongo.DESCENDING
 
@@ -32,6 +32,8 @@ MARKER_TTL_SECONDS = 30 * 24 * 3600
 # Signals are read once, by the change stream, within a second: 4 MiB holds tens of thousands
 # of them, far more than any burst the feed lags behind.
 SIGNALS_BYTES = 4 * 1024 * 1024
+# MongoDB's error code when a collection exists already.
+NAMESPACE_EXISTS = 48
 
 
 def _expire_at() -> datetime.datetime:
@@ -63,6 +65,9 @@ class RoomStore:
             await self.db.create_collection("signals", capped=True, size=SIGNALS_BYTES)
         except CollectionInvalid:
             pass  # exists already
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_EXISTS:
+                raise  # another process created it between the check and the create: fine
 
     # -- read markers -------------------------------------------------------------------------
 
