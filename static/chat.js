@@ -364,8 +364,10 @@
 
   /* ================================================================== switching rooms */
 
-  // Open another room without reloading: fetch its page, put its chat in place of this
-  // one (the rooms sidebar stays), and start it. Anything unexpected: a plain navigation.
+  // Open another room without reloading: ask for its latest events (JSON, the newcomer's
+  // view), put a fresh copy of this page's chat in place (a clone: no listener of the room
+  // that is gone comes along; the rooms sidebar itself moves over), relabel it, and start
+  // it. Anything unexpected: a plain navigation.
   function startRooms() {
     var current = null;
     var rooms = chatapp.Rooms({
@@ -373,32 +375,59 @@
       mine: function (list) { if (current) { current.mine(list); } }
     });
 
+    function relabel(main, name) {
+      var sel = function (q) { return main.querySelector(q); };
+      var h1 = sel("h1.room-name"), hash, label = sel("label[for=composer-text]");
+      var input = sel("#composer-text"), start = sel("#room-start strong"), i;
+      var cleared = ["#log", "#older", "#people-list", "#typing"];
+      main.setAttribute("data-room", name);
+      if (h1) {
+        hash = sel("h1.room-name .hash");
+        c.empty(h1);
+        if (hash) { h1.appendChild(hash); }
+        h1.appendChild(doc.createTextNode(name));
+      }
+      c.setText(sel("#conversation-title"), t("room.messages.in", { room: name }));
+      c.setText(label, t("room.message.label", { room: name }));
+      if (input) { input.setAttribute("placeholder", t("room.message.label", { room: name })); }
+      c.setText(start, "#" + name);
+      for (i = 0; i < cleared.length; i++) { c.empty(sel(cleared[i])); }
+      c.setText(sel("#people-count"), "0");
+      c.show(sel("#notice"), false);
+      c.show(sel("#jump"), false);
+    }
+
     function switchRoom(name, push) {
       var url = "/r/" + encodeURIComponent(name);
       if (current && name === current.room) { return; }
-      if (!win.DOMParser || !win.history || !win.history.pushState) {
+      if (!win.history || !win.history.pushState) {
         win.location.href = url;
         return;
       }
-      chatapp.fetchPage(url, function (html) {
-        var parsed = html ? new win.DOMParser().parseFromString(html, "text/html") : null;
-        var newMain = parsed && parsed.getElementById("chat");
-        var newData = parsed && parsed.getElementById("chat-data");
-        var oldMain = c.byId("chat"), sidebar = c.byId("rooms"), slot;
-        if (!newMain || !newData || !oldMain) {
-          win.location.href = url;   // the session is gone (the join page), or an error
-          return;
-        }
-        current.close();
-        newMain = doc.importNode(newMain, true);
-        slot = newMain.querySelector("#rooms");
-        if (slot && sidebar) { slot.parentNode.replaceChild(sidebar, slot); }
-        oldMain.parentNode.replaceChild(newMain, oldMain);
-        c.byId("chat-data").textContent = newData.textContent;
-        doc.title = parsed.title;
-        if (push) { win.history.pushState({ room: name }, "", url); }
-        current = initRoom(newMain, rooms);
-      });
+      c.request("GET", "/api/rooms/" + encodeURIComponent(name) + "/updates", null, 15000,
+        function (status, answer) {
+          var oldMain = c.byId("chat"), sidebar = c.byId("rooms"), newMain, slot, data;
+          if (status !== 200 || !answer || !oldMain) {
+            win.location.href = url;   // the session is gone (the join page), or an error
+            return;
+          }
+          data = pageData();
+          data.room = name;
+          data.cursor = answer.cursor || "";
+          data.events = answer.events || [];
+          data.has_more = true;   // unknown here: "Load older" finds out
+          data.nicks = [];
+          current.close();
+          newMain = oldMain.cloneNode(true);
+          relabel(newMain, name);
+          slot = newMain.querySelector("#rooms");
+          if (slot && sidebar) { slot.parentNode.replaceChild(sidebar, slot); }
+          oldMain.parentNode.replaceChild(newMain, oldMain);
+          c.byId("chat-data").textContent = JSON.stringify(data);
+          doc.title = t("room.title", { room: name });
+          if (push) { win.history.pushState({ room: name }, "", url); }
+          current = initRoom(newMain, rooms);
+        });
     }
 
     c.on(win, "popstate", function () {

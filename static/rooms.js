@@ -129,16 +129,4 @@
       setCurrent: function (room) { current = room; }
     };
   };
-
-  // The chat page of a room, as HTML (for switching rooms without reloading): done(html)
-  // or done(null) when it could not be had.
-  chatapp.fetchPage = function (url, done) {
-    var xhr = new XMLHttpRequest();
-    xhr.open("GET", url, true);
-    xhr.onreadystatechange = function () {
-      if (xhr.readyState !== 4) { return; }
-      done(xhr.status === 200 ? xhr.responseText : null);
-    };
-    xhr.send(null);
-  };
 }());

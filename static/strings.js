@@ -134,7 +134,10 @@
     "unread.divider": "New",
     "notify.title": "{nick} mentioned you in #{room}",
 
-    // the rooms sidebar
+    // the rooms sidebar, and a room opened from it (as templates/room.html says it)
+    "room.title": "#{room} \u2014 chatapp",
+    "room.messages.in": "Messages in #{room}",
+    "room.message.label": "Message #{room}",
     "rooms.mentions": "@{n}",
     "rooms.mentions.label": "{n} mentioning you",
     "rooms.unread.label": "{n} unread",
