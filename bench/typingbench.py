@@ -4,7 +4,11 @@
 Starts MongoDB and the app as chatbench does (its Environment: separate processes, free
 port, everything stopped at the end), opens --ws WebSockets in one room (from this process),
 then, for --seconds, --typists of them send a ``{"type": "typing"}`` frame per keystroke at
---keys per second each, like a client that ignores the page's "at most every 3 s". Measured:
+--keys per second each, like a client that ignores the page's "at most every 3 s". With
+``--pattern churn`` (the default) each typist types in bursts of --burst seconds every
+--period seconds, the typists' phases spread evenly, so that people start and stop typing
+all the time (the set changes ~2 * typists / period times a second); ``steady``: all type
+all the time (the set never changes after the first frame). Measured:
 
 - the server's CPU while nobody types (the same length of time just before) and during the
   storm;
@@ -74,9 +78,11 @@ async def run(args: argparse.Namespace, env: cb.Environment) -> dict[str, Any]:
     sent = 0
     while time.monotonic() - t1 < args.seconds:
         tick = time.monotonic()
-        for s in typists:
-            s.send_text(frame)
-        sent += len(typists)
+        for i, s in enumerate(typists):
+            phase = (tick - t1 + i * args.period / len(typists)) % args.period
+            if args.pattern == "steady" or phase < args.burst:
+                s.send_text(frame)
+                sent += 1
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - tick)))
     storm = time.monotonic() - t1
     storm_cpu = ((env.server_cpu() or 0.0) - cpu1) / storm
@@ -87,6 +93,7 @@ async def run(args: argparse.Namespace, env: cb.Environment) -> dict[str, Any]:
     for s in socks:
         s.close()
     return {
+        "pattern": args.pattern,
         "sockets": len(socks), "typists": len(typists), "keys_per_s": args.keys,
         "seconds": round(storm, 1), "signals_sent": sent,
         "server_cpu_idle": round(idle_cpu, 3), "server_cpu_storm": round(storm_cpu, 3),
@@ -105,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=float, default=5.0, help="keystrokes per second per typist")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the storm (and of "
                    "the quiet baseline before it)")
+    p.add_argument("--pattern", choices=("churn", "steady"), default="churn")
+    p.add_argument("--burst", type=float, default=3.0, help="churn: seconds of typing...")
+    p.add_argument("--period", type=float, default=15.0, help="...in every this many")
     args = p.parse_args(argv)
     lc.raise_nofile_limit()
     env_args = cb.parse_args(["--quiet"])
