@@ -63,6 +63,9 @@ TYPING_COALESCE_SECONDS = 0.25
 # A typing signal for an unknown nick can arrive from the feed; a room holds at most this many
 # typists (beyond it, new ones are not listed): the list on the wire stays bounded.
 MAX_TYPING = 100
+# Who sent last when is kept per room to spot stale signals; past this many senders, those
+# older than any signal that could still count are forgotten (memory stays bounded).
+MAX_SENDERS_KEPT = 1000
 
 
 def _frame(kind: str, nicks: list[str]) -> bytes:
@@ -125,8 +128,16 @@ class RoomSignals:
                 self._last_sent[nick] = max(self._last_sent.get(nick, 0.0), event.get("ts", 0.0))
                 if self._typing.pop(nick, None) is not None:
                     self._dirty_typing = True
+        if len(self._last_sent) > MAX_SENDERS_KEPT:
+            self._forget_old_senders(time.time())
         if self._dirty_presence or self._dirty_typing:
             self._flush()
+
+    def _forget_old_senders(self, now: float) -> None:
+        cutoff = now - TYPING_SECONDS * 2
+        for nick, ts in list(self._last_sent.items()):
+            if ts < cutoff:  # older than any signal that could still count
+                del self._last_sent[nick]
 
     # -- what waiters read ----------------------------------------------------------------------
 
@@ -190,10 +201,7 @@ class RoomSignals:
             if until <= now:
                 del self._typing[nick]
                 self._dirty_typing = True
-        cutoff = now - TYPING_SECONDS * 2
-        for nick, ts in list(self._last_sent.items()):
-            if ts < cutoff:  # older than any signal that could still count
-                del self._last_sent[nick]
+        self._forget_old_senders(now)
         if self._dirty_typing:
             self._schedule(TYPING_COALESCE_SECONDS)
         self._schedule_expiry()
