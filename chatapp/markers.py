@@ -99,6 +99,7 @@ class Markers:
             raise store_unavailable() from None
         out = []
         for (room, seq), after in zip(markers, counted):
+            # "Mine" by session: once accounts are merged, by the account events carry.
             unread = [m for m in after if m.get("sid") != session.sid and not m.get("deleted")]
             mentions = sum(1 for m in unread
                            if any(nick_key(n) == key for n in m.get("mentions", ())))
