@@ -15,7 +15,7 @@ from chatapp import paths, rules
 from chatapp.accounts import Accounts
 from chatapp.chat import Chat
 from chatapp.roles import Roles
-from chatapp.web import api, base, pages, roles_api, ws
+from chatapp.web import api, base, pages, roles_api, rooms_api, ws
 from chatapp.web.address import Edge, normal_origin
 from chatapp.web.output import FairGate, OutputBudget
 
@@ -58,6 +58,10 @@ def make_app(
         (rf"/api/rooms/{ROOM}/roles", roles_api.RoomRolesAPI),
         (rf"/api/rooms/{ROOM}/claim", roles_api.RoomClaimAPI),
         (rf"/api/rooms/{ROOM}/moderators/([^/]+)", roles_api.ModeratorsAPI),
+        (rf"/api/rooms/{ROOM}/typing", rooms_api.TypingAPI),
+        (rf"/api/rooms/{ROOM}/read", rooms_api.ReadAPI),
+        (r"/api/rooms", rooms_api.RoomsAPI),
+        (r"/api/me/rooms", rooms_api.MyRoomsAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).

@@ -10,7 +10,6 @@ same strings to every client instead of encoding the event again per connection.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import json
 import struct
@@ -20,6 +19,9 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from chatapp import kinds, metrics
+from chatapp.signals import PRESENCE_COALESCE_SECONDS, RoomSignals
+
+__all__ = ["PRESENCE_COALESCE_SECONDS", "Batch", "Entry", "MessageBuffer", "Waiter"]
 
 
 def encode(obj: Any) -> str:
@@ -28,10 +30,6 @@ def encode(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-# A burst of joins (a room filling up again after a restart) would otherwise send every socket
-# one ever longer list per join: O(N^2) bytes for N people. Changes within this window share
-# one frame; 50 ms is well below what a person notices in a list of names.
-PRESENCE_COALESCE_SECONDS = 0.05
 # Kinds whose publishing changes an entry already held (see MessageBuffer._apply).
 _ACTIONS = frozenset(k.name for k in kinds.KINDS.values() if k.targets)
 
@@ -91,9 +89,9 @@ class Waiter(Protocol):
     def wake(self, entries: list[Entry]) -> None:
         """Called with new entries, in id order, right after they are published."""
 
-    def presence_changed(self, wire: bytes) -> None:
-        """Called when the room's list of present nicknames changed, with the ``presence``
-        frame ready to write (see ``MessageBuffer.presence_wire``)."""
+    def signals_changed(self, wire: bytes) -> None:
+        """Called when the room's list of present nicknames or of typists changed, with the
+        changed lists' ``presence`` and ``typing`` frames ready to write (``signals.py``)."""
 
     def shutdown(self) -> None:
         """The server is stopping: end the wait so the client reconnects elsewhere."""
@@ -116,9 +114,8 @@ class MessageBuffer:
         self._waiters: set[Waiter] = set()
         # When someone last asked for this room (see Rooms.evict_idle).
         self.touched = time.monotonic()
-        self.nicks: list[str] = []
-        self._presence_wire: bytes | None = None
-        self._presence_call: asyncio.TimerHandle | None = None
+        # Presence and typing: not stored, delivered through the same waiters (signals.py).
+        self.signals = RoomSignals(self.waiting)
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Wake ``waiter`` with every batch published from now on, until removed."""
@@ -185,10 +182,8 @@ class MessageBuffer:
                 self._apply(event, new)
         if new:
             metrics.delivered(len(new), len(self._waiters))
-            if self._presence_call is not None:
-                # A pending presence change goes first: it happened before these events.
-                self._presence_call.cancel()
-                self._send_presence()
+            # Senders stop typing, and a pending signal goes first: it happened before these.
+            self.signals.before_events(e.event for e in new)
             # Copy: a long-poll waiter removes itself from the set while being woken.
             for waiter in list(self._waiters):
                 waiter.wake(new)
@@ -217,26 +212,14 @@ class MessageBuffer:
         if new and old.id >= new[0].id:
             new[new.index(old)] = entry
 
+    @property
+    def nicks(self) -> list[str]:
+        return self.signals.presence
+
     def set_presence(self, nicks: list[str]) -> None:
-        """The room's new list of nicknames; WebSockets hear of it within a moment."""
-        if nicks == self.nicks:
-            return
-        self.nicks = nicks
-        self._presence_wire = None
-        if self._presence_call is None:
-            self._presence_call = asyncio.get_running_loop().call_later(
-                PRESENCE_COALESCE_SECONDS, self._send_presence
-            )
+        """The room's new list of nicknames; its waiters hear of it within a moment."""
+        self.signals.set_presence(nicks)
 
     def presence_wire(self) -> bytes:
         """The ``presence`` frame for the current list, encoded once for every socket."""
-        if self._presence_wire is None:
-            frame = encode({"type": "presence", "nicks": self.nicks})
-            self._presence_wire = websocket_text_frame(frame.encode())
-        return self._presence_wire
-
-    def _send_presence(self) -> None:
-        self._presence_call = None
-        wire = self.presence_wire()
-        for waiter in list(self._waiters):
-            waiter.presence_changed(wire)
+        return self.signals.presence_wire()

@@ -8,6 +8,8 @@ modules this one puts together, never in a handler:
                   -> store (in id order; an action decided and applied to its target in the
                   same transaction, kinds.py) -> MessageBuffer.publish -> waiters
     updates(), poll(), history()  -> reading.Reader
+    typing(), signal()            -> signals.Signals -> mode -> RoomSignals (not stored)
+    mark_read(), my_rooms(), directory() -> markers.Markers
     connect(), disconnect(), sweep() -> membership.Membership (presence, joins, leaves)
     one process or a cluster      -> mode.LocalMode / mode.ClusterMode, chosen here once
 """
@@ -24,6 +26,7 @@ from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
 from chatapp.limits import CappedPresence, ConnectionLimits
+from chatapp.markers import Markers
 from chatapp.membership import Membership
 from chatapp.mode import ClusterMode, LocalMode
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, Reader, View
@@ -31,6 +34,7 @@ from chatapp.rooms import MAX_UPDATES, ROOM_IDLE_SECONDS, Rooms
 from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sending import Sender
 from chatapp.sessions import Session, Sessions
+from chatapp.signals import TYPING_SECONDS, Signals
 from chatapp.store import EventStore, StoreError
 
 __all__ = ["HISTORY_DEFAULT", "HISTORY_MAX", "MAX_UPDATES", "Chat", "PollWaiter", "View"]
@@ -56,6 +60,7 @@ class Chat:
         max_connections_per_ip: int = 1000,
         new_sessions_per_ip: int = 30,
         cluster: bool = False,
+        typing_seconds: float = TYPING_SECONDS,
     ) -> None:
         self.store = store
         self.history_size = history_size
@@ -76,6 +81,9 @@ class Chat:
         )
         self.reader = Reader(store, self.rooms, self.membership, history_size)
         self.sender = Sender(self.rooms, self.mode, rate_limit)
+        self.signals = Signals(self._typed, self.sender.take_token, typing_seconds)
+        self.markers = Markers(store, self.mode, self.open_room)
+        self.membership.on_join = self.markers.joined
         self._sweeper: asyncio.Task | None = None
 
     @property
@@ -156,6 +164,7 @@ class Chat:
         A repeat of ``client_id`` by the same session in the same room stores and delivers
         nothing and returns the first result again; so do ``edit``, ``delete``, ``react``.
         """
+        self.signals.sent(session.sid, room)
         return await self.sender.send(session, room, text, client_id, reply_to)
 
     async def edit(
@@ -205,9 +214,51 @@ class Chat:
         address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
         present: bool = True,
+        signals: str | None = None,
     ) -> list[Entry] | None:
         """The long-poll (see ``Reader.poll``)."""
-        return await self.reader.poll(session, room, cursor, timeout, address, on_park, present)
+        return await self.reader.poll(
+            session, room, cursor, timeout, address, on_park, present=present, signals=signals)
+
+    # -- signals (not stored) -----------------------------------------------------------------
+
+    async def typing(self, session: Session, room: str) -> None:
+        """The session is typing in ``room`` (throttled, rate-limited: ``signals.Signals``)."""
+        await self.signals.typing(session.sid, session.nick, room)
+
+    async def _typed(self, room: str, nick: str, ts: float, until: float) -> None:
+        await self.mode.typing(await self.rooms.get(room), nick, ts, until)
+
+    def signal(self, doc: dict[str, Any]) -> None:
+        """A signal any process of the cluster made, from the change feed."""
+        kind = doc.get("kind")
+        if kind == "typing":
+            buffer = self.rooms.loaded(doc.get("room", ""))
+            if buffer is not None:  # a room nobody here follows needs no typists
+                buffer.signals.typing(doc["nick"], doc["ts"], doc["until"])
+        else:
+            log.warning("signal of unknown kind %r ignored", kind)
+
+    def signals_of(self, room: str) -> dict[str, Any]:
+        """The room's signals as a long-poll that asked for them is answered."""
+        buffer = self.rooms.loaded(room)
+        if buffer is None:
+            return {"signals": "", "presence": [], "typing": []}
+        return buffer.signals.state()
+
+    # -- read markers and lists of rooms --------------------------------------------------------
+
+    async def mark_read(self, session: Session, room: str, event_id: Any) -> None:
+        """Move the identity's read marker in ``room`` forward to ``event_id``."""
+        await self.markers.mark_read(session, room, event_id)
+
+    async def my_rooms(self, session: Session) -> list[dict[str, Any]]:
+        """The rooms the identity joined, with read marker and counts."""
+        return await self.markers.my_rooms(session)
+
+    async def directory(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rooms with people (fullest first), or the rooms ``names``."""
+        return await self.markers.directory(names)
 
     async def history(
         self, room: str, before: str | None, limit: int
@@ -279,6 +330,7 @@ class Chat:
         forget refilled rate-limit buckets and idle rooms."""
         await self.membership.sweep()
         self.sender.prune()
+        self.signals.prune()
         self.evict_idle_rooms()
 
     async def _sweep_forever(self) -> None:

@@ -113,5 +113,12 @@ class ChangeFeed:
                     self.chat.deliver(events)
                     events = []
                 self.chat.session_gone(change["documentKey"]["_id"])
+            elif collection == "signals":
+                if events:  # keep stream order: a signal made before a message goes first
+                    self.chat.deliver(events)
+                    events = []
+                self.chat.signal(change["fullDocument"])
+            else:
+                log.warning("change of unknown collection %r ignored", collection)
         if events:
             self.chat.deliver(events)

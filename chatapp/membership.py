@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatapp import metrics
@@ -48,6 +48,9 @@ class Membership:
         self.sessions = sessions
         self.limits = limits
         self.grace_period = grace_period
+        # Told of each session's first local connection to a room (read markers: "joined"),
+        # with where the room's log ends then.
+        self.on_join: Callable[[str, Session, str], None] | None = None
 
     async def restore(self) -> None:
         """Bring back presence from before a restart: its members' leaves will be announced
@@ -77,6 +80,8 @@ class Membership:
         metrics.connection_opened(conn)
         if present and self.presence.connect(room, session.sid, session.nick, conn):
             self.rooms.presence_changed(room)
+            if self.on_join is not None:
+                self.on_join(room, session, buffer.last_id)
             # A LocalRoster answers without suspending, so the join is queued before anything
             # this connection can send.
             if await self._roster_says(self.mode.roster.join(room, session.sid, session.nick)):

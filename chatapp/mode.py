@@ -11,7 +11,11 @@
 - how a changed list reaches the sockets (``presence_changed``): at once from the books, or
   after one query of MongoDB per burst of changes;
 - the send rate limit (``send_turn``, ``take_shared_token``): one process's bucket is the
-  whole truth, or a bucket per session in MongoDB holds it across every process.
+  whole truth, or a bucket per session in MongoDB holds it across every process;
+- how a typing signal reaches the room (``typing``): straight to this process's buffer, or
+  through MongoDB (a capped ``signals`` collection the change feed follows) to every
+  process's, this one's included, in the change stream's order with the events;
+- who counts the people in each room for the directory (``people``): the books, or leases.
 
 ``LocalMode`` is one process; ``ClusterMode`` is the multi-process subclass (as
 python-socketio's ``AsyncPubSubManager`` is of its local manager).
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +88,17 @@ class LocalMode:
         """Tell the room's WebSockets the new list of nicknames."""
         buffer.set_presence(self.presence.nicks(room))
 
+    async def typing(self, buffer: MessageBuffer, nick: str, ts: float, until: float) -> None:
+        """``nick`` typed in the buffer's room at ``ts``: listed until ``until``."""
+        buffer.signals.typing(nick, ts, until)
+
+    async def people(self, rooms: list[str] | None, limit: int) -> dict[str, int]:
+        """People present per room: the ``limit`` fullest rooms, or those of ``rooms``."""
+        counts = self.presence.counts()
+        if rooms is not None:
+            return {r: counts[r] for r in rooms if r in counts}
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
+
 
 class ClusterMode(LocalMode):
     """Several processes on one replica set are one chat: MongoDB is the bus.
@@ -139,6 +155,21 @@ class ClusterMode(LocalMode):
             # Asked of MongoDB; several changes in a burst share one query.
             self._presence_refresh.add(room)
             asyncio.ensure_future(self._refresh_presence(room, buffer))
+
+    async def typing(self, buffer: MessageBuffer, nick: str, ts: float, until: float) -> None:
+        # Every process hears it from the change feed (``Chat.signal``), this one too: one
+        # order with the events, so a signal made before a message is never shown after it.
+        try:
+            await self.store.rooms.insert_signal(
+                {"kind": "typing", "room": buffer.room, "nick": nick, "ts": ts, "until": until})
+        except StoreError:
+            raise store_unavailable() from None
+
+    async def people(self, rooms: list[str] | None, limit: int) -> dict[str, int]:
+        try:
+            return await self.store.rooms.people_counts(time.time(), rooms, limit)
+        except StoreError:
+            raise store_unavailable() from None
 
     async def _refresh_presence(self, room: str, buffer: MessageBuffer) -> None:
         await asyncio.sleep(0)  # let the rest of this burst of changes arrive first

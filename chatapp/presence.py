@@ -77,6 +77,10 @@ class Presence:
                 del self._rooms[room]
         return left
 
+    def counts(self) -> dict[str, int]:
+        """Members per room (those in their grace period too, as ``nicks`` lists them)."""
+        return {room: len(members) for room, members in self._rooms.items()}
+
     def has_members(self, room: str) -> bool:
         return room in self._rooms
 

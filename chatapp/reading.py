@@ -29,12 +29,16 @@ HISTORY_DEFAULT, HISTORY_MAX = 50, 200
 class PollWaiter:
     """A parked long-poll: finishes with the first batch of events published after it."""
 
-    def __init__(self, cursor: str | None = None) -> None:
+    def __init__(self, cursor: str | None = None, signals: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._future: asyncio.Future = loop.create_future()
         # Resolved once ``Chat.poll`` has returned: the handler has written its answer then.
         self.answered: asyncio.Future = loop.create_future()
         self.cursor = cursor or ""
+        # The client's signals version (``signals=``), or None: it did not ask for them.
+        self.signals = signals
+        # The room's version now (``RoomSignals.version``), set once parked.
+        self.version: Callable[[], str] = lambda: ""
 
     def wake(self, entries: list[Entry]) -> None:
         if entries and entries[0].id <= self.cursor:
@@ -46,8 +50,9 @@ class PollWaiter:
         if not self._future.done():
             self._future.set_result(entries)
 
-    def presence_changed(self, wire: bytes) -> None:
-        pass  # long-poll clients ask for presence themselves
+    def signals_changed(self, wire: bytes) -> None:
+        if self.signals is not None and self.signals != self.version():
+            self.wake([])  # answer now: the handler adds the lists (``RoomSignals.state``)
 
     def cancel(self) -> None:
         """The client closed the connection: stop waiting now, answer nothing."""
@@ -157,23 +162,30 @@ class Reader:
         address: str,
         on_park: Callable[[PollWaiter], None] | None = None,
         present: bool = True,
+        signals: str | None = None,
     ) -> list[Entry] | None:
         """The long-poll: events after ``cursor`` at once if there are any, else wait up to
         ``timeout`` seconds for the next ones ([] if none came). Counts as a connection for
         presence while it waits (unless not ``present``: caps only, see ``connect``). None
         if the client went away (``PollWaiter.cancel``, which ``on_park`` receives the waiter
-        for) or the session ended meanwhile."""
-        waiter = PollWaiter(cursor)
+        for) or the session ended meanwhile.
+
+        With ``signals`` (the client's signals version, "" to start) it also answers ([]) as
+        soon as the room's presence or typing lists differ from that version."""
+        waiter = PollWaiter(cursor, signals)
         if on_park is not None:
             on_park(waiter)
         buffer = await self.membership.connect(session, room, waiter, address, present)
         try:
             # Parked before reading, so an event published between the read and the wait
             # still wakes us.
+            waiter.version = buffer.signals.version
             buffer.add_waiter(waiter)
             entries = await self.updates(room, cursor)
             if entries or cursor is None:
                 return entries
+            if signals is not None and signals != buffer.signals.version():
+                return entries  # the lists changed since the client's version: tell it now
             return await waiter.wait(timeout)
         finally:
             buffer.remove_waiter(waiter)

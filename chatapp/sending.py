@@ -123,6 +123,10 @@ class Sender:
             raise appended.refusal
         return appended
 
+    def take_token(self, sid: str) -> bool:
+        """Charge something else the session does (a typing signal) to its send rate."""
+        return self._take_token(sid)
+
     def _take_token(self, sid: str) -> bool:
         if self.rate_limit <= 0:
             return True

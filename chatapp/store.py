@@ -22,6 +22,8 @@ Collections:
   ``join_member``.
 - ``send_buckets`` (cluster mode): the send rate limit, one token bucket per session; see
   ``take_send_token``.
+- ``reads`` (read markers) and ``signals`` (cluster typing): in ``store_rooms.py``
+  (``EventStore.rooms``), this module's part for rooms, markers and signals.
 
 Durability: writes are acknowledged by a majority of the replica set, journaled; reads see
 only what a majority has (``connect``, and stated again on the reads the writer's promises
@@ -54,6 +56,7 @@ from chatapp import kinds
 from chatapp.errors import ChatError
 from chatapp.nicknames import NickKeys
 from chatapp.rules import format_id, parse_id
+from chatapp.store_rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,8 @@ class EventStore:
         self.members = db["members"]
         # Cluster rate limit: one token bucket per session, see ``take_send_token``.
         self.send_buckets = db["send_buckets"]
+        # Read markers, the rooms directory, cluster signals (store_rooms.py).
+        self.rooms = RoomStore(db)
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -202,6 +207,7 @@ class EventStore:
         await self.members.create_index("until_max")
         # A bucket nobody has drawn from since it refilled says nothing: MongoDB drops it.
         await self.send_buckets.create_index("expire_at", expireAfterSeconds=0)
+        await self.rooms.create_indexes()
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -547,7 +553,8 @@ class EventStore:
         return reply["operationTime"]
 
     def watch(self, resume_after: Any = None, start_at: Any = None) -> Any:
-        """A change stream of new events and of sessions that ended (anywhere in the cluster).
+        """A change stream of new events, of sessions that ended and of typing signals
+        (anywhere in the cluster).
 
         Use as ``async with store.watch(...) as stream: async for change in stream``.
         """
@@ -555,6 +562,7 @@ class EventStore:
             {"$match": {"$or": [
                 {"ns.coll": self.events.name, "operationType": "insert"},
                 {"ns.coll": self.sessions.name, "operationType": "delete"},
+                {"ns.coll": self.rooms.signals.name, "operationType": "insert"},
             ]}}
         ]
         return self.events.database.watch(

@@ -10,6 +10,9 @@
  *                                                     older.js fetches what came before)
  *   outbox.js     client_id, retries     <--sends---  composer.js, actions.js
  *   people.js     who is here            <--presence- transport.js
+ *   typing.js     who is typing          <--typing--- transport.js (frames / long-poll lists)
+ *   unread.js     read marker, title     <--arrived-- logview.js;  notify.js: mentions
+ *   rooms.js      the rooms sidebar (lives across room switches: switchRoom below)
  *
  * It also owns what belongs to the page as a whole: leaving, the unread count in the title,
  * going to the join page when the session is gone, the live region, and the read-only hook
@@ -61,7 +64,13 @@
     }
   }
 
-  function initRoom(main) {
+  // Listeners on the document or window belong to one room's page: after a switch they
+  // must not act for the room that is gone.
+  function onLive(ctx, target, type, fn) {
+    c.on(target, type, function (e) { if (ctx.live) { fn(e); } });
+  }
+
+  function initRoom(main, rooms) {
     var data = pageData();
     var room = data.room || main.getAttribute("data-room") || "lobby";
     var ctx = {
@@ -87,7 +96,8 @@
       statusEl: c.byId("status"),
       retryBtn: c.byId("retry-now"),
       peopleList: c.byId("people-list"),
-      peopleCount: c.byId("people-count")
+      peopleCount: c.byId("people-count"),
+      live: true
     };
     var session = c.getStorage("sessionStorage");
     var RELOAD_KEY = "chatapp:bad-cursor-reload";
@@ -96,10 +106,9 @@
     var leaveBtn = c.byId("leave");
     var people = c.byId("people");
     var noticeTimer = null;
-    var unread = 0;
-    var baseTitle = doc.title;
+    var openedMarker = false;
     var leaving = false;     // Leave was clicked: its answer, not a closed socket, says where to go
-    var transport, outbox, view, older, composer, actions, presence;
+    var transport, outbox, view, older, composer, actions, presence, typing, unread, notify;
 
     function notice(text) {
       if (!noticeEl) { return; }
@@ -155,11 +164,35 @@
     function pageHidden() { return doc.hidden === true; }
 
     function arrived(ev) {
-      if (ev.type === "message" && ev.nick !== ctx.me && pageHidden()) {
-        unread++;
-        doc.title = "(" + unread + ") " + baseTitle;
+      unread.arrived(ev);
+      typing.seen(ev);
+      if (ev.type === "message" && ev.nick !== ctx.me && chatapp.events.mentionsMe(ev, ctx.me)) {
+        notify.mention(ev);
       }
       if (ev.type === "join" || ev.type === "leave") { transport.presenceSoon(); }
+    }
+
+    // The rooms list came (rooms.js): my marker here, and the counts of my other rooms.
+    function mine(list) {
+      var i, n = 0, m = 0;
+      for (i = 0; i < list.length; i++) {
+        if (list[i].room === room) {
+          if (!openedMarker) {
+            openedMarker = true;
+            unread.opened(list[i].read);
+          }
+        } else {
+          n += list[i].unread || 0;
+          m += list[i].mentions || 0;
+        }
+      }
+      unread.others(n, m);
+    }
+
+    // A notification was clicked: show that message.
+    function openMessage(id) {
+      var li = view.held(id);
+      if (li && li.scrollIntoView) { li.scrollIntoView(); }
     }
 
     transport = chatapp.Transport(ctx, {
@@ -167,6 +200,7 @@
       onEvents: function (events) { view.receive(events); },
       onFrame: onFrame,
       onPresence: function (nicks) { presence.render(nicks); },
+      onTyping: function (nicks) { typing.render(nicks); },
       onUp: function () { outbox.flush(); },
       onDown: function () { outbox.requeueInFlight(); },
       sessionGone: goJoin,
@@ -198,6 +232,7 @@
     older = chatapp.Older(ctx, view, { announce: announce, sessionGone: goJoin });
     composer = chatapp.Composer(ctx, {
       outbox: function () { return outbox; },
+      sent: function () { typing.sent(); },
       view: function () { return view; },
       actions: function () { return actions; },
       announce: announce
@@ -211,6 +246,9 @@
       notice: notice
     });
     presence = chatapp.People(ctx);
+    typing = chatapp.Typing(ctx, transport);
+    unread = chatapp.Unread(ctx, view);
+    notify = chatapp.Notify(ctx, { open: openMessage });
 
     function restoreOutbox() {
       var saved = outbox.restore(), items, i, item;
@@ -253,6 +291,9 @@
       presence.render(data.nicks || []);
       composer.start();
       actions.start();
+      typing.start();
+      unread.start();
+      notify.start();
 
       // On a narrow screen the people list starts folded (it is a <details>).
       if (people && win.matchMedia && win.matchMedia("(max-width: 40em)").matches) {
@@ -272,26 +313,25 @@
       (function () {
         var pinned = true;
         c.on(ctx.scroller, "scroll", function () { pinned = view.atBottom(); });
-        c.on(win, "resize", function () { if (pinned) { ctx.scroller.scrollTop = ctx.scroller.scrollHeight; } });
+        onLive(ctx, win, "resize", function () { if (pinned) { ctx.scroller.scrollTop = ctx.scroller.scrollHeight; } });
       }());
 
-      c.on(doc, "visibilitychange", function () {
+      onLive(ctx, doc, "visibilitychange", function () {
         if (!pageHidden()) {
-          unread = 0;
-          doc.title = baseTitle;
           transport.retryNow();   // back from the background: don't sit out a long back-off
+          rooms.refresh();
         }
       });
-      c.on(win, "online", function () {
+      onLive(ctx, win, "online", function () {
         transport.resetBackoff(true);
         transport.retryNow();
       });
-      c.on(win, "offline", function () { transport.offline(); });
-      c.on(win, "pagehide", function () {
+      onLive(ctx, win, "offline", function () { transport.offline(); });
+      onLive(ctx, win, "pagehide", function () {
         outbox.save();
         transport.unload();
       });
-      c.on(win, "pageshow", function (e) {
+      onLive(ctx, win, "pageshow", function (e) {
         if (e.persisted) { transport.resume(); }
       });
 
@@ -305,11 +345,100 @@
       view.scrollToBottom();
       if (win.matchMedia && win.matchMedia("(pointer: fine)").matches) { composer.focus(); }
       transport.connect();
+      rooms.setCurrent(room);
+      rooms.refresh();
     }
 
     start();
+    return {
+      room: room,
+      mine: mine,
+      // Another room is opening in this page: this one stops for good.
+      close: function () {
+        ctx.live = false;
+        outbox.save();
+        transport.shutdown();
+      }
+    };
+  }
+
+  /* ================================================================== switching rooms */
+
+  // Open another room without reloading: ask for its latest events (JSON, the newcomer's
+  // view), put a fresh copy of this page's chat in place (a clone: no listener of the room
+  // that is gone comes along; the rooms sidebar itself moves over), relabel it, and start
+  // it. Anything unexpected: a plain navigation.
+  function startRooms() {
+    var current = null;
+    var rooms = chatapp.Rooms({
+      go: function (name) { switchRoom(name, true); },
+      mine: function (list) { if (current) { current.mine(list); } }
+    });
+
+    function relabel(main, name) {
+      var sel = function (q) { return main.querySelector(q); };
+      var h1 = sel("h1.room-name"), hash, label = sel("label[for=composer-text]");
+      var input = sel("#composer-text"), start = sel("#room-start strong"), i;
+      var cleared = ["#log", "#older", "#people-list", "#typing"];
+      main.setAttribute("data-room", name);
+      if (h1) {
+        hash = sel("h1.room-name .hash");
+        c.empty(h1);
+        if (hash) { h1.appendChild(hash); }
+        h1.appendChild(doc.createTextNode(name));
+      }
+      c.setText(sel("#conversation-title"), t("room.messages.in", { room: name }));
+      c.setText(label, t("room.message.label", { room: name }));
+      if (input) { input.setAttribute("placeholder", t("room.message.label", { room: name })); }
+      c.setText(start, "#" + name);
+      for (i = 0; i < cleared.length; i++) { c.empty(sel(cleared[i])); }
+      c.setText(sel("#people-count"), "0");
+      c.show(sel("#notice"), false);
+      c.show(sel("#jump"), false);
+    }
+
+    function switchRoom(name, push) {
+      var url = "/r/" + encodeURIComponent(name);
+      if (current && name === current.room) { return; }
+      if (!win.history || !win.history.pushState) {
+        win.location.href = url;
+        return;
+      }
+      c.request("GET", "/api/rooms/" + encodeURIComponent(name) + "/updates", null, 15000,
+        function (status, answer) {
+          var oldMain = c.byId("chat"), sidebar = c.byId("rooms"), newMain, slot, data;
+          if (status !== 200 || !answer || !oldMain) {
+            win.location.href = url;   // the session is gone (the join page), or an error
+            return;
+          }
+          data = pageData();
+          data.room = name;
+          data.cursor = answer.cursor || "";
+          data.events = answer.events || [];
+          data.has_more = true;   // unknown here: "Load older" finds out
+          data.nicks = [];
+          current.close();
+          newMain = oldMain.cloneNode(true);
+          relabel(newMain, name);
+          slot = newMain.querySelector("#rooms");
+          if (slot && sidebar) { slot.parentNode.replaceChild(sidebar, slot); }
+          oldMain.parentNode.replaceChild(newMain, oldMain);
+          c.byId("chat-data").textContent = JSON.stringify(data);
+          doc.title = t("room.title", { room: name });
+          if (push) { win.history.pushState({ room: name }, "", url); }
+          current = initRoom(newMain, rooms);
+        });
+    }
+
+    c.on(win, "popstate", function () {
+      var m = /^\/r\/([^\/?#]+)/.exec(win.location.pathname);
+      if (m) { switchRoom(decodeURIComponent(m[1]), false); }
+    });
+    rooms.start();
+    current = initRoom(c.byId("chat"), rooms);
+    chatapp.switchRoom = function (name) { switchRoom(name, true); };
   }
 
   var main = c.byId("chat");
-  if (main) { initRoom(main); } else { initJoin(); }
+  if (main) { startRooms(); } else { initJoin(); }
 }());

@@ -99,6 +99,7 @@
         fields.reply_preview = { nick: replying.nick, text: replying.text.slice(0, previewChars) };
       }
       item = hooks.outbox().add(fields);
+      if (hooks.sent) { hooks.sent(item); }   // typing.js: my next keystroke signals at once
       hooks.view().addPending(item);
       input.value = "";
       cancelReply(false);

@@ -314,6 +314,7 @@
     renderMessage: renderMessage,
     fillMessage: fillMessage,
     renderPending: renderPending,
-    findChip: findChip
+    findChip: findChip,
+    mentionsMe: mentions
   };
 }());

@@ -1,12 +1,14 @@
 /*
  * chatapp browser client: long-polling, the transport for browsers and networks where a
  * WebSocket does not work. GET .../updates?cursor= in a loop (the server answers at once
- * when there is something newer, else after poll_timeout), and GET .../presence now and
- * then, since no presence frames come this way. Sending goes over HTTP (outbox.js).
+ * when there is something newer, else after poll_timeout). Each poll asks for signals too
+ * (&signals=<version>): the server answers as soon as presence or typing changed, with both
+ * lists; GET .../presence now and then as well, for a server without signals. Sending goes
+ * over HTTP (outbox.js).
  *
  * transport.js owns the choice of transport and the back-off; this file only polls.
  * chatapp.LongPoll(ctx, link) -> {start, stop, active, presenceSoon}
- * link: cursor(), onEvents(events), onPresence(nicks), badCursor(), sessionGone(), state(),
+ * link: cursor(), onEvents(events), onPresence(nicks), onTyping(nicks), badCursor(), sessionGone(), state(),
  *   connecting(), connected() (an answer came: "connected"), answered() (reset the back-off),
  *   failed() (stopped: reconnect after the back-off).
  */
@@ -26,6 +28,7 @@
     var pollReq = null;
     var presenceTimer = null;
     var presenceSoonTimer = null;
+    var signals = "";        // the version of presence and typing the page has ("" at first)
 
     function start() {
       stop();
@@ -55,7 +58,8 @@
       var token = {};
       if (!polling) { return; }
       pollToken = token;
-      pollReq = c.request("GET", ctx.api + "/updates?cursor=" + encodeURIComponent(link.cursor()), null,
+      pollReq = c.request("GET", ctx.api + "/updates?cursor=" + encodeURIComponent(link.cursor()) +
+        "&signals=" + encodeURIComponent(signals), null,
         POLL_TIMEOUT, function (status, data) {
           if (pollToken !== token) { return; }
           pollReq = null;
@@ -63,6 +67,11 @@
             link.answered();
             connected();
             link.onEvents(data.events || []);
+            if (typeof data.signals === "string") {
+              signals = data.signals;
+              link.onPresence(data.presence);
+              link.onTyping(data.typing);
+            }
             poll();
           } else if (status === 400 && data && data.error === "bad_cursor") {
             link.badCursor();

@@ -120,7 +120,29 @@
     "older.failed": "Could not load older messages \u2014 try again",
 
     // people
-    "people.you": " (you)"
+    "people.you": " (you)",
+
+    // who is typing (the line under the conversation)
+    "typing.one": "{a} is typing\u2026",
+    "typing.two": "{a} and {b} are typing\u2026",
+    "typing.three": "{a}, {b} and {c} are typing\u2026",
+    "typing.many": "{a}, {b} and {n} others are typing\u2026",
+
+    // unread messages and mentions
+    "title.unread": "({n}) {title}",
+    "title.mentions": "({n}, @{m}) {title}",
+    "unread.divider": "New",
+    "notify.title": "{nick} mentioned you in #{room}",
+
+    // the rooms sidebar, and a room opened from it (as templates/room.html says it)
+    "room.title": "#{room} \u2014 chatapp",
+    "room.messages.in": "Messages in #{room}",
+    "room.message.label": "Message #{room}",
+    "rooms.mentions": "@{n}",
+    "rooms.mentions.label": "{n} mentioning you",
+    "rooms.unread.label": "{n} unread",
+    "rooms.people": "{n} here",
+    "rooms.bad.name": "Room names are 1-64 letters, digits, - and _."
   };
 
   chatapp.STRINGS = STRINGS;

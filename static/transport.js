@@ -11,6 +11,7 @@
  * chatapp.Transport(ctx, hooks) -> {connect, retryNow, shutdown, send, kind, isUp, state,
  *   dropSocket, resetBackoff, offline, fellBack}
  * hooks: cursor(), onEvents(events), onFrame(frame) (ack / error frames), onPresence(nicks),
+ *   onTyping(nicks) (typing frames, or the long-poll's typing list),
  *   onUp() (ready to send), onDown() (what was in flight on a dead socket goes again),
  *   sessionGone(), badCursor(), setStatus(state, transport).
  */
@@ -345,6 +346,8 @@
         hooks.onEvents([frame.event]);
       } else if (frame.type === "presence") {
         hooks.onPresence(frame.nicks);
+      } else if (frame.type === "typing") {
+        hooks.onTyping(frame.nicks);
       } else if (frame.type === "ack" || frame.type === "error") {
         hooks.onFrame(frame);
       }
@@ -367,6 +370,7 @@
       cursor: hooks.cursor,
       onEvents: hooks.onEvents,
       onPresence: hooks.onPresence,
+      onTyping: hooks.onTyping,
       badCursor: hooks.badCursor,
       sessionGone: hooks.sessionGone,
       state: function () { return state; },

@@ -10,7 +10,7 @@ from tornado.http1connection import HTTP1Connection
 
 from chatapp import rules
 from chatapp.accounts import Accounts
-from chatapp.buffer import Batch
+from chatapp.buffer import Batch, encode
 from chatapp.errors import ChatError
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, View
 from chatapp.store import StoreError
@@ -133,14 +133,16 @@ def _form_bool(value: object) -> object:
 
 
 class UpdatesAPI(JSONHandler):
-    """``GET /api/rooms/<room>/updates?cursor=<id>``: the long-poll transport.
+    """``GET /api/rooms/<room>/updates?cursor=<id>&signals=<version>``: the long-poll
+    transport. With ``signals`` it also answers when presence or typing changed since that
+    version, and every answer carries the lists (``RoomSignals.state``).
 
     A poll counts as presence (joins the room) only when it carries the XSRF token in
     ``X-XSRFToken``, as the page's polls do: a GET is what any other site can make a
     visitor's browser send with their cookie (an ``<img src>``), and it must change nothing.
     Without the token it is answered all the same, as a read, still counted against the
-    connection caps while it waits. No HEAD (405): a long-poll waits
-    for events and counts as presence, neither of which a HEAD wants."""
+    connection caps while it waits. No HEAD (405): a long-poll waits for events and counts
+    as presence, neither of which a HEAD wants."""
 
     waiter: PollWaiter | None = None
 
@@ -150,10 +152,11 @@ class UpdatesAPI(JSONHandler):
         cursor = self.get_query_argument("cursor", None)
         if cursor is not None:
             rules.check_cursor(cursor)
+        signals = self.get_query_argument("signals", None)
         timeout = self.settings["poll_timeout"] * random.uniform(1 - POLL_JITTER, 1)
         entries = await self.chat.poll(
             session, room, cursor, timeout, self.request.remote_ip or "", self._park,
-            present=self.carries_xsrf_header(),
+            present=self.carries_xsrf_header(), signals=signals,
         )
         if entries is None:
             # Tornado's HTTPServer always serves a request over an HTTP1Connection.
@@ -171,7 +174,8 @@ class UpdatesAPI(JSONHandler):
         )
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"}')
+        extra = "" if signals is None else "," + encode(self.chat.signals_of(room))[1:-1]
+        self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"' + extra + "}")
 
     def _park(self, waiter: PollWaiter) -> None:
         self.waiter = waiter

@@ -200,7 +200,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(exc)
             self.close(CLOSE_TRY_LATER, exc.code)
             return
-        self._write_wire(self.buffer.presence_wire())
+        self._write_wire(self.buffer.signals.opening_wire())
 
     async def _catch_up(self) -> None:
         cursor = self.cursor
@@ -248,7 +248,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         else:
             self.held.extend(entries)
 
-    def presence_changed(self, wire: bytes) -> None:
+    def signals_changed(self, wire: bytes) -> None:
         if self.caught_up:
             self._write_wire(wire)
 
@@ -335,10 +335,14 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(ChatError("bad_frame", "That frame is not valid JSON."))
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "typing":  # a signal: no client_id, no ack
+            asyncio.ensure_future(self._typing())
+            return
         act = self._ACTIONS.get(kind) if isinstance(kind, str) else None
         if act is None:  # an unknown frame type, or not an object
             self._send_error(ChatError(
-                "bad_frame", 'Frames are {"type": "send" | "edit" | "delete" | "react", ...}.'))
+                "bad_frame",
+                'Frames are {"type": "send" | "edit" | "delete" | "react" | "typing", ...}.'))
             return
         asyncio.ensure_future(self._act(act, frame))
 
@@ -377,6 +381,12 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(exc, client_id)
             return
         self.write_frame(encode({"type": "ack", "client_id": client_id, **answer}))
+
+    async def _typing(self) -> None:
+        try:
+            await self.chat.typing(self.session, self.room)
+        except ChatError as exc:
+            self._send_error(exc)
 
     def _send_error(self, exc: ChatError, client_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "error": exc.code, "message": exc.message}
