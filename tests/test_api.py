@@ -356,6 +356,19 @@ async def test_form_encoded_send_refuses_control_characters(servers, text):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_form_body_that_is_not_utf8_is_bad_json_and_stores_nothing(servers):
+    # (Found by test_fuzz_actions: it was Tornado's bare "400 bad_request".)
+    srv = await servers.start()
+    client = await user(srv, "an")
+    response = await client.request(
+        "POST", "/api/rooms/lobby/messages", body=b"text=\x80&client_id=c1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_error(response.code, json.loads(response.body), 400, "bad_json")
+    assert await all_events(client, "lobby") == []
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_form_line_breaks_are_stored_as_newlines(servers):
     # Browsers submit a textarea's line breaks as CRLF; the message must read the same as
     # one sent over the WebSocket with "\n".

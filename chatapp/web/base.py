@@ -168,10 +168,13 @@ class JSONHandler(BaseHandler):
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             # Decoded as sent: get_body_argument would turn control characters into spaces
             # and strip, so the text rules would not see what the client sent.
-            return {
-                k: self.decode_argument(v[-1], name=k)
-                for k, v in self.request.body_arguments.items()
-            }
+            try:
+                return {
+                    k: self.decode_argument(v[-1], name=k)
+                    for k, v in self.request.body_arguments.items()
+                }
+            except tornado.web.HTTPError:  # a field that is not UTF-8: as unreadable as bad JSON
+                raise ChatError("bad_json", "The request body is not valid UTF-8.", 400) from None
         try:
             fields = json.loads(self.request.body or b"{}")
         # RecursionError: nesting deeper than the parser allows ("[[[[..."), still not a 500.
