@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 from chatapp import options as chat_options
 from chatapp.app import load_cookie_secret, make_app
 from chatapp.chat import Chat
+from chatapp.reindex import SearchUpgrade
 from chatapp.store import EventStore, StoreError, connect
 from chatapp.supervisor import run_workers
 
@@ -105,6 +106,8 @@ async def serve(
         cluster=cluster,
     )
     await chat.start()
+    upgrade = SearchUpgrade(store)  # indexes history stored before search, in the background
+    upgrade.start()
     app = make_app(
         chat,
         cookie_secret=cookie_secret,
@@ -125,6 +128,7 @@ async def serve(
     await chat.stop(SHUTDOWN_SECONDS)  # store in-flight sends, close sockets with 1001
     await server.close_all_connections()
     await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
+    await upgrade.stop()  # resumes from its marker on the next start
     store.client.close()
     return 0
 

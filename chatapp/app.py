@@ -12,7 +12,7 @@ from tornado.log import access_log
 
 from chatapp import paths, rules
 from chatapp.chat import Chat
-from chatapp.web import api, pages, ws
+from chatapp.web import api, pages, search, ws
 
 # Any path segment: the handlers check the name (rules.check_room), so a bad one gets the
 # contract's 400 bad_room rather than a bare 404.
@@ -39,6 +39,7 @@ def make_app(
         (rf"/api/rooms/{ROOM}/updates", api.UpdatesAPI),
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
+        (rf"/api/rooms/{ROOM}/search", search.SearchAPI),
         (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
