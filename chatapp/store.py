@@ -589,7 +589,10 @@ class SearchStore:
         self, room: str, seq: int, nick: str, text: str | None, session: Any = None
     ) -> None:
         """Index message ``seq`` of ``room`` under ``text`` (by ``nick``), or un-index it
-        (``text`` None: deleted). In the caller's transaction when given its ``session``."""
+        (``text`` None: deleted). In the caller's transaction when given its ``session``.
+
+        The trap: ``find`` checks each candidate's ``text`` field exactly, so the caller also
+        sets the document's ``text`` to the current text (as an edit does anyway)."""
         fields = search.index_fields({"type": "message", "nick": nick, "text": text})
         update = {"$set": fields} if fields else {"$unset": {"terms": "", "tv": ""}}
         await self.events.update_one({"room": room, "seq": seq}, update, session=session)

@@ -19,7 +19,8 @@ SEARCH_DEFAULT, SEARCH_MAX = 20, 50
 class SearchAPI(JSONHandler):
     async def get(self, room: str) -> None:
         rules.check_room(room)
-        q = self.get_query_argument("q", "")
+        # Not stripped: a space after the last word says it is finished (no prefix match).
+        q = self.get_query_argument("q", "", strip=False)
         reason = search.bad_query(q)
         if reason is not None:
             raise ChatError("bad_query", reason, 400)
