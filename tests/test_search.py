@@ -8,6 +8,7 @@ and resumed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +19,9 @@ from chatapp.reindex import SearchUpgrade
 from chatapp.store import EventStore, connect
 from tests.harness import ChatServer, Client
 from tests.steps import ROOM, post, user
+from tests.test_es5 import assert_es5
+
+SEARCH_JS = Path(__file__).resolve().parents[1] / "static" / "search.js"
 
 # Messages of the tests below: (nick, text). Every script the contract names.
 MESSAGES = [
@@ -349,3 +353,10 @@ async def test_upgrade_started_in_the_background_can_be_stopped_and_resumed(stor
     again = SearchUpgrade(store, batch=5, pause=0)
     assert await again.run() is True
     assert len(await store_finds(store, "bulk")) == 40
+
+
+def test_search_js_is_es5_and_never_writes_html():
+    source = SEARCH_JS.read_text(encoding="utf-8")
+    assert_es5(SEARCH_JS)
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in source, sink
