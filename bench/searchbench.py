@@ -202,13 +202,15 @@ async def main_async(args: argparse.Namespace, uri: str) -> None:
         store = EventStore(connect(uri, 600), f"searchbench_{name}")
         await store.events.drop()
         await store.create_indexes()
-        print(f"layout {name}: {args.messages} messages in {len(rooms)} room(s)")
+        print(f"layout {name}: {args.messages} messages in {len(rooms)} room(s); load average "
+              f"{os.getloadavg()[0]:.1f} (2 cores: above 2, others share them)")
         secs = await generate(store, corpus, args.messages, rooms)
         stats = await store.events.database.command("collStats", "events")
         sizes = stats["indexSizes"]
         print(f"  generated in {secs:.0f} s; data {stats['size'] / 2**20:.0f} MiB, search index "
               f"{sizes.get('room_terms_seq', 0) / 2**20:.0f} MiB, (room, seq) index "
               f"{sizes.get('room_1_seq_1', 0) / 2**20:.0f} MiB")
+        print(f"  queries on room {rooms[0]}; load average {os.getloadavg()[0]:.1f}")
         await time_queries(store, rooms[0], corpus, args.queries)
         if args.text:
             await time_text_index(store, rooms[0], corpus, min(args.queries, 50))

@@ -34,7 +34,7 @@ from typing import Any
 
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, ExecutionTimeout, PyMongoError
 
 from chatapp import search
 from chatapp.rules import format_id
@@ -544,8 +544,13 @@ def _holds_more(stream: Any) -> bool:
 # messages take no room in it, answers "messages of this room holding term t, newest first".
 
 # A search page reads at most this many candidates (index hits that the exact check may
-# refuse): bounds one page's work whatever the query; the page then says where to go on.
-SEARCH_MAX_SCAN = 2000
+# refuse; checking one costs ~0.1 ms of CPU): bounds one page's work whatever the query; the
+# page then says where to go on.
+SEARCH_MAX_SCAN = 500
+# ... and MongoDB may spend at most this long on it: a query whose every term is common while
+# they rarely meet would otherwise walk a large part of the room. The page found so far is
+# returned, marked partial.
+SEARCH_MAX_MS = 1000
 # Counting a query's terms to find its rarest stops here: a term in more messages than this
 # is "common", and among common terms any may lead (docs/SEARCH.md). Counting is a covered
 # index scan; 1000 keys cost well under a millisecond.
@@ -565,6 +570,7 @@ class SearchPage:
     events: list[dict[str, Any]]
     has_more: bool
     before: int | None
+    partial: bool = False  # SEARCH_MAX_MS ran out: there may be matches not looked at
 
 
 class SearchStore:
@@ -608,25 +614,33 @@ class SearchStore:
         base: dict[str, Any] = {"room": room}
         if before is not None:
             base["seq"] = {"$lt": before}
-        terms = await self._rarest_first(base, query.terms)
-        if not terms:
-            return SearchPage([], False, None)
-        filt = dict(base, terms={"$all": terms})
-        cursor = self.events.find(filt, _NO_SEARCH_FIELDS).sort("seq", DESC)
-        cursor = cursor.batch_size(max(limit + 1, 50)).hint("room_terms_seq")
         found: list[dict[str, Any]] = []
-        scanned, low = 0, before
-        async for doc in cursor:
-            scanned += 1
-            low = doc["seq"]
-            if query.matches(doc.get("text", ""), doc["nick"]):
-                found.append(doc)
-                if len(found) > limit:
-                    break
-            if scanned >= SEARCH_MAX_SCAN:
-                await cursor.close()
-                return SearchPage([to_event(d) for d in found], True, low)
-        await cursor.close()
+        low = before
+        try:
+            with pymongo.timeout(SEARCH_MAX_MS / 1000):
+                terms = await self._rarest_first(base, query.terms)
+                if not terms:
+                    return SearchPage([], False, None)
+                cursor = self.events.find(dict(base, terms={"$all": terms}), _NO_SEARCH_FIELDS)
+                cursor = cursor.sort("seq", DESC).batch_size(max(limit + 1, 50))
+                scanned = 0
+                try:
+                    async for doc in cursor.hint("room_terms_seq"):
+                        scanned += 1
+                        low = doc["seq"]
+                        if query.matches(doc.get("text", ""), doc["nick"]):
+                            found.append(doc)
+                            if len(found) > limit:
+                                break
+                        if scanned >= SEARCH_MAX_SCAN:
+                            return SearchPage([to_event(d) for d in found], True, low)
+                finally:
+                    with contextlib.suppress(PyMongoError):
+                        await cursor.close()
+        except ExecutionTimeout:
+            # MongoDB's time ran out: what was found is shown; going on makes sense only
+            # below what was looked at.
+            return SearchPage([to_event(d) for d in found], low != before, low, partial=True)
         has_more = len(found) > limit
         found = found[:limit]
         return SearchPage(

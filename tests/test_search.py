@@ -360,3 +360,14 @@ def test_search_js_is_es5_and_never_writes_html():
     assert_es5(SEARCH_JS)
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
         assert sink not in source, sink
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_search_out_of_time_returns_what_it_found_marked_partial(store, monkeypatch):
+    from chatapp import store as store_module
+
+    for i in range(30):
+        await stored(store, f"slow word{i}")
+    monkeypatch.setattr(store_module, "SEARCH_MAX_MS", 0.001)
+    page = await store.search.find(ROOM, search.parse("slow"), None, 20)
+    assert page.partial is True and page.has_more is False and page.events == []

@@ -46,4 +46,6 @@ class SearchAPI(JSONHandler):
             # Where the next page starts (pass it as ``before``): below the last result, or
             # below the last message looked at when a page's scan bound was reached first.
             "next_before": rules.format_id(page.before) if page.before else None,
+            # Only when the server's time for one search ran out: more may match.
+            **({"partial": True} if page.partial else {}),
         })
