@@ -104,6 +104,7 @@ _TOKEN = regex.compile(
     r"\p{Extended_Pictographic}(?:\u200d\p{Extended_Pictographic})*|\p{RI}{2}"
     rf"|[{UNSPACED_CLASS}]+|(?:(?![{UNSPACED_CLASS}])\w)+"
 )
+_ASCII_WORD = regex.compile(r"[A-Za-z0-9_]+")  # \w, for ASCII text
 # A query: "a phrase", from:nick, or a word (anything up to the next space or quote).
 _QUERY_PART = regex.compile(r'"([^"]*)"?|(\S*?)from:(\S+)|([^\s"]+)')
 
@@ -123,6 +124,8 @@ def is_unspaced(token: str) -> bool:
 
 def tokens(normalized: str) -> list[str]:
     """The tokens of a normalised text, in order (see the module's docstring)."""
+    if normalized.isascii():
+        return _ASCII_WORD.findall(normalized)  # the same tokens, several times faster
     return [m.group() for m in _TOKEN.finditer(normalized)]
 
 
