@@ -713,3 +713,8 @@ class SearchStore:
             {"$set": {"version": search.INDEX_VERSION, "after": after, "done": done}},
             upsert=True,
         )
+
+    async def reset_backfill(self) -> None:
+        """Make the next upgrade walk the whole history again (it indexes only what is not
+        indexed at the current version): after a rolling upgrade, or a restore of old data."""
+        await self.meta.delete_one({"_id": BACKFILL_MARKER})

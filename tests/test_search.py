@@ -18,7 +18,8 @@ from chatapp import search
 from chatapp.reindex import SearchUpgrade
 from chatapp.store import EventStore, connect
 from tests.harness import ChatServer, Client
-from tests.steps import ROOM, post, user
+from tests.procs import AppProcess, running
+from tests.steps import ROOM, eventually, post, unique, user
 from tests.test_es5 import assert_es5
 
 SEARCH_JS = Path(__file__).resolve().parents[1] / "static" / "search.js"
@@ -48,8 +49,8 @@ async def search_for(client: Client, q: str, room: str = ROOM, **params: Any) ->
     return body
 
 
-async def found_texts(client: Client, q: str, **params: Any) -> list[str]:
-    return [r["text"] for r in (await search_for(client, q, **params))["results"]]
+async def found_texts(client: Client, q: str, room: str = ROOM, **params: Any) -> list[str]:
+    return [r["text"] for r in (await search_for(client, q, room, **params))["results"]]
 
 
 async def room_with_messages(srv: ChatServer) -> Client:
@@ -371,3 +372,24 @@ async def test_a_search_out_of_time_returns_what_it_found_marked_partial(store, 
     monkeypatch.setattr(store_module, "SEARCH_MAX_MS", 0.001)
     page = await store.search.find(ROOM, search.parse("slow"), None, 20)
     assert page.partial is True and page.has_more is False and page.events == []
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_server_started_on_old_history_indexes_it_while_serving(mongo_uri, tmp_path):
+    """``python -m chatapp`` (which uses the database "chatapp") on history from before
+    search: it serves at once, and the history becomes searchable without a restart."""
+    store = EventStore(connect(mongo_uri, 10), "chatapp")
+    room = unique("upgrade")
+    await old_history(store, ["đã lâu rồi", "old news"], room=room)
+    await store.search.reset_backfill()  # as after restoring old data (other tests ran here)
+    store.client.close()
+    async with running(AppProcess(tmp_path / "app", mongo_uri)) as app:
+        reader = await user(app, "reader")
+        code, _ = await reader.get_json(f"/api/rooms/{room}/history")
+        assert code == 200  # serving
+
+        async def found() -> bool:
+            return bool((await search_for(reader, "da lau", room=room))["results"])
+
+        await eventually(found, "the old history to be indexed", timeout=60)
+        assert await found_texts(reader, "old", room=room) == ["old news"]
