@@ -13,7 +13,7 @@ Several processes may run it at once (a cluster): each write is conditional (the
 not yet at the current version), so they never undo each other or an edit; they only share
 the work badly. The trap: during a rolling upgrade, a process still on the old code stores
 messages without terms, possibly behind the walk. Once every process runs the new code,
-delete the ``search_backfill`` document of ``meta`` and restart one process: the walk runs
+call ``EventStore.search.reset_backfill()`` and restart one process: the walk runs
 again and indexes only what is missing (docs/SEARCH.md).
 """
 
