@@ -34,7 +34,7 @@ from typing import Any
 
 import pymongo
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo.errors import DuplicateKeyError, ExecutionTimeout, PyMongoError
+from pymongo.errors import DuplicateKeyError, ExecutionTimeout, NetworkTimeout, PyMongoError
 
 from chatapp import search
 from chatapp.rules import format_id
@@ -637,9 +637,10 @@ class SearchStore:
                 finally:
                     with contextlib.suppress(PyMongoError):
                         await cursor.close()
-        except ExecutionTimeout:
-            # MongoDB's time ran out: what was found is shown; going on makes sense only
-            # below what was looked at.
+        except (ExecutionTimeout, NetworkTimeout):
+            # The time ran out (on the server, or waiting for its answer, which a loaded
+            # machine makes the first to strike): what was found is shown; going on makes
+            # sense only below what was looked at.
             return SearchPage([to_event(d) for d in found], low != before, low, partial=True)
         has_more = len(found) > limit
         found = found[:limit]
