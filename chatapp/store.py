@@ -555,6 +555,9 @@ SEARCH_MAX_MS = 1000
 # is "common", and among common terms any may lead (docs/SEARCH.md). Counting is a covered
 # index scan; 1000 keys cost well under a millisecond.
 SEARCH_COUNT_CAP = 1000
+# When every term reached that, they are counted again up to this: a few milliseconds of
+# index-only scanning, against fetching tens of thousands of messages behind the wrong term.
+SEARCH_RECOUNT_CAP = 50_000
 # Search fields never leave the store with an event.
 _NO_SEARCH_FIELDS = {"terms": 0, "tv": 0}
 # The upgrade's progress marker: a document of the ``meta`` collection.
@@ -658,12 +661,23 @@ class SearchStore:
         round trip) and the rarest drives the query."""
         if len(terms) < 2:
             return terms
+        counts = await self._count_terms(base, terms, SEARCH_COUNT_CAP)
+        if min(counts) == 0:
+            return []
+        if min(counts) == SEARCH_COUNT_CAP:
+            # Every term is common: which leads matters still (a word in 1,000 messages
+            # against one in 100,000), so count those again, further.
+            counts = await self._count_terms(base, terms, SEARCH_RECOUNT_CAP)
+        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+
+    async def _count_terms(self, base: dict[str, Any], terms: list[str], cap: int) -> list[int]:
+        """How many messages (at most ``cap``) match ``base`` and hold each term; one round
+        trip: the counts one after another on the server."""
 
         def count(i: int) -> list[dict[str, Any]]:
-            return [{"$match": dict(base, terms=terms[i])}, {"$limit": SEARCH_COUNT_CAP},
+            return [{"$match": dict(base, terms=terms[i])}, {"$limit": cap},
                     {"$group": {"_id": i, "n": {"$sum": 1}}}]
 
-        # One round trip: the counts of every term, one after another on the server.
         pipeline = count(0) + [
             {"$unionWith": {"coll": self.events.name, "pipeline": count(i)}}
             for i in range(1, len(terms))
@@ -671,9 +685,7 @@ class SearchStore:
         counts = [0] * len(terms)
         async for row in self.events.aggregate(pipeline):
             counts[row["_id"]] = row["n"]
-        if min(counts) == 0:
-            return []
-        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+        return counts
 
     # The upgrade (chatapp/reindex.py): walk every event by _id, index what is not indexed
     # at INDEX_VERSION, remember how far it got.
