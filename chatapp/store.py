@@ -558,6 +558,11 @@ SEARCH_COUNT_CAP = 1000
 # When every term reached that, they are counted again up to this: a few milliseconds of
 # index-only scanning, against fetching tens of thousands of messages behind the wrong term.
 SEARCH_RECOUNT_CAP = 50_000
+# A query of several terms whose rarest is in at most this many messages is answered by
+# intersecting the terms' seqs on the index alone (``_intersect``: a few covered scans), and
+# only the messages in all of them are read. Above it the terms are so common that they meet
+# often: the index walk behind the rarest finds a page soon. 20,000 seqs are ~0.5 MB to read.
+SEARCH_INTERSECT_MAX = 20_000
 # Search fields never leave the store with an event.
 _NO_SEARCH_FIELDS = {"terms": 0, "tv": 0}
 # The upgrade's progress marker: a document of the ``meta`` collection.
@@ -611,9 +616,11 @@ class SearchStore:
     ) -> SearchPage:
         """Up to ``limit`` messages matching ``query`` below seq ``before``, newest first.
 
-        One query: the index narrows by every term, ``query.matches`` checks each candidate's
-        text exactly, and the cursor is read until ``limit`` + 1 match or SEARCH_MAX_SCAN
-        candidates were read."""
+        The index narrows by every term (counting them, then intersecting their seqs on the
+        index, see ``_rarest_first`` and ``_intersect``: a few index-only queries), one query
+        reads the candidates newest first, ``query.matches`` checks each one's text exactly,
+        and the cursor is read until ``limit`` + 1 match or SEARCH_MAX_SCAN candidates were
+        read."""
         base: dict[str, Any] = {"room": room}
         if before is not None:
             base["seq"] = {"$lt": before}
@@ -621,14 +628,20 @@ class SearchStore:
         low = before
         try:
             with pymongo.timeout(SEARCH_MAX_MS / 1000):
-                terms = await self._rarest_first(base, query.terms)
+                terms, lead_count = await self._rarest_first(base, query.terms)
                 if not terms:
                     return SearchPage([], False, None)
-                cursor = self.events.find(dict(base, terms={"$all": terms}), _NO_SEARCH_FIELDS)
+                filt = dict(base, terms={"$all": terms})
+                if len(terms) > 1 and lead_count <= SEARCH_INTERSECT_MAX:
+                    seqs = await self._intersect(base, terms)
+                    filt = {"room": room, "seq": {"$in": seqs[:SEARCH_MAX_SCAN]}}
+                cursor = self.events.find(filt, _NO_SEARCH_FIELDS)
                 cursor = cursor.sort("seq", DESC).batch_size(max(limit + 1, 50))
+                if "terms" in filt:
+                    cursor = cursor.hint("room_terms_seq")
                 scanned = 0
                 try:
-                    async for doc in cursor.hint("room_terms_seq"):
+                    async for doc in cursor:
                         scanned += 1
                         low = doc["seq"]
                         if query.matches(doc.get("text", ""), doc["nick"]):
@@ -651,8 +664,27 @@ class SearchStore:
             [to_event(d) for d in found], has_more, found[-1]["seq"] if has_more else None
         )
 
-    async def _rarest_first(self, base: dict[str, Any], terms: list[str]) -> list[str]:
-        """``terms``, the rarest first ([] when one occurs nowhere).
+    async def _intersect(self, base: dict[str, Any], terms: list[str]) -> list[int]:
+        """The seqs of the messages matching ``base`` that hold every term, newest first, from
+        the index alone (covered scans: no message is read): the first term's seqs, then
+        those of them that the next term has too, and so on."""
+        seqs: list[int] = []
+        for i, term in enumerate(terms):
+            filt = dict(base, terms=term) if i == 0 else {
+                "room": base["room"], "terms": term, "seq": {"$in": seqs}}
+            cursor = self.events.find(filt, {"_id": 0, "seq": 1}).sort("seq", DESC)
+            rows = await cursor.hint("room_terms_seq").batch_size(SEARCH_INTERSECT_MAX).to_list(
+                None)
+            seqs = [r["seq"] for r in rows]
+            if not seqs:
+                break
+        return seqs
+
+    async def _rarest_first(
+        self, base: dict[str, Any], terms: list[str]
+    ) -> tuple[list[str], int]:
+        """``terms``, the rarest first ([] when one occurs nowhere), and how many messages
+        hold the first (counted up to SEARCH_RECOUNT_CAP).
 
         MongoDB's planner scans a multikey index for the FIRST element of ``$all`` only and
         checks the others on each document it fetches: with a common word first, a query
@@ -660,15 +692,16 @@ class SearchStore:
         counted first (covered index scans, at most SEARCH_COUNT_CAP keys each, in one
         round trip) and the rarest drives the query."""
         if len(terms) < 2:
-            return terms
+            return terms, SEARCH_RECOUNT_CAP
         counts = await self._count_terms(base, terms, SEARCH_COUNT_CAP)
         if min(counts) == 0:
-            return []
+            return [], 0
         if min(counts) == SEARCH_COUNT_CAP:
             # Every term is common: which leads matters still (a word in 1,000 messages
             # against one in 100,000), so count those again, further.
             counts = await self._count_terms(base, terms, SEARCH_RECOUNT_CAP)
-        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+        ranked = sorted(zip(counts, terms), key=lambda ct: ct[0])
+        return [t for _, t in ranked], ranked[0][0]
 
     async def _count_terms(self, base: dict[str, Any], terms: list[str], cap: int) -> list[int]:
         """How many messages (at most ``cap``) match ``base`` and hold each term; one round
