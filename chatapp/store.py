@@ -555,14 +555,10 @@ SEARCH_MAX_MS = 1000
 # is "common", and among common terms any may lead (docs/SEARCH.md). Counting is a covered
 # index scan; 1000 keys cost well under a millisecond.
 SEARCH_COUNT_CAP = 1000
-# When every term reached that, they are counted again up to this: a few milliseconds of
-# index-only scanning, against fetching tens of thousands of messages behind the wrong term.
-SEARCH_RECOUNT_CAP = 50_000
-# A query of several terms whose rarest is in at most this many messages is answered by
-# intersecting the terms' seqs on the index alone (``_intersect``: a few covered scans), and
-# only the messages in all of them are read. Above it the terms are so common that they meet
-# often: the index walk behind the rarest finds a page soon. 20,000 seqs are ~0.5 MB to read.
-SEARCH_INTERSECT_MAX = 20_000
+# A query of several terms is answered by intersecting the terms' seqs on the index
+# (``_intersect``), reading this many seqs of the leading term at a time: ~2,000 index keys
+# cost about a millisecond, and a chunk finds a page when the terms meet in 1 % of messages.
+SEARCH_INTERSECT_CHUNK = 2000
 # Search fields never leave the store with an event.
 _NO_SEARCH_FIELDS = {"terms": 0, "tv": 0}
 # The upgrade's progress marker: a document of the ``meta`` collection.
@@ -628,13 +624,14 @@ class SearchStore:
         low = before
         try:
             with pymongo.timeout(SEARCH_MAX_MS / 1000):
-                terms, lead_count = await self._rarest_first(base, query.terms)
+                terms = await self._rarest_first(base, query.terms)
                 if not terms:
                     return SearchPage([], False, None)
                 filt = dict(base, terms={"$all": terms})
-                if len(terms) > 1 and lead_count <= SEARCH_INTERSECT_MAX:
-                    seqs = await self._intersect(base, terms)
-                    filt = {"room": room, "seq": {"$in": seqs[:SEARCH_MAX_SCAN]}}
+                exhausted = True
+                if len(terms) > 1:
+                    seqs, exhausted = await self._intersect(base, terms, limit + 1)
+                    filt = {"room": room, "seq": {"$in": seqs}}
                 cursor = self.events.find(filt, _NO_SEARCH_FIELDS)
                 cursor = cursor.sort("seq", DESC).batch_size(max(limit + 1, 50))
                 if "terms" in filt:
@@ -658,33 +655,57 @@ class SearchStore:
             # machine makes the first to strike): what was found is shown; going on makes
             # sense only below what was looked at.
             return SearchPage([to_event(d) for d in found], low != before, low, partial=True)
+        if len(found) <= limit and not exhausted:
+            # The intersection stopped at its bound before the page was full: go on below.
+            return SearchPage([to_event(d) for d in found], True, low)
         has_more = len(found) > limit
         found = found[:limit]
         return SearchPage(
             [to_event(d) for d in found], has_more, found[-1]["seq"] if has_more else None
         )
 
-    async def _intersect(self, base: dict[str, Any], terms: list[str]) -> list[int]:
-        """The seqs of the messages matching ``base`` that hold every term, newest first, from
-        the index alone (covered scans: no message is read): the first term's seqs, then
-        those of them that the next term has too, and so on."""
-        seqs: list[int] = []
-        for i, term in enumerate(terms):
-            filt = dict(base, terms=term) if i == 0 else {
-                "room": base["room"], "terms": term, "seq": {"$in": seqs}}
-            cursor = self.events.find(filt, {"_id": 0, "seq": 1}).sort("seq", DESC)
-            rows = await cursor.hint("room_terms_seq").batch_size(SEARCH_INTERSECT_MAX).to_list(
-                None)
-            seqs = [r["seq"] for r in rows]
-            if not seqs:
-                break
-        return seqs
+    async def _intersect(
+        self, base: dict[str, Any], terms: list[str], want: int
+    ) -> tuple[list[int], bool]:
+        """Seqs of messages matching ``base`` that hold every term, newest first, found on the
+        index alone (covered scans: no message is read), and whether there are no more.
 
-    async def _rarest_first(
-        self, base: dict[str, Any], terms: list[str]
-    ) -> tuple[list[str], int]:
-        """``terms``, the rarest first ([] when one occurs nowhere), and how many messages
-        hold the first (counted up to SEARCH_RECOUNT_CAP).
+        The leading term's seqs are read newest first, SEARCH_INTERSECT_CHUNK at a time; of
+        each chunk, the seqs that the next term has too are asked for with ``$in``, then the
+        next term's, and so on; chunks are read until ``want`` seqs are found, or
+        SEARCH_MAX_SCAN, or the leading term has no more. Cost: a few index keys per message
+        of the leading term looked at, whether or not the terms meet."""
+        room, upper = base["room"], base.get("seq", {}).get("$lt")
+        found: list[int] = []
+        while len(found) < want:
+            lead: dict[str, Any] = {"room": room, "terms": terms[0]}
+            if upper is not None:
+                lead["seq"] = {"$lt": upper}
+            chunk = await self._seqs(lead, SEARCH_INTERSECT_CHUNK)
+            if not chunk:
+                return found, True
+            upper, seqs = chunk[-1], chunk
+            for term in terms[1:]:
+                seqs = await self._seqs({"room": room, "terms": term, "seq": {"$in": seqs}}, 0)
+                if not seqs:
+                    break
+            found += seqs
+            if len(chunk) < SEARCH_INTERSECT_CHUNK:
+                return found, True
+            if len(found) >= SEARCH_MAX_SCAN:
+                break
+        return found, False
+
+    async def _seqs(self, filt: dict[str, Any], limit: int) -> list[int]:
+        """The seqs of ``filt`` (room and one term) newest first, from the index alone."""
+        cursor = self.events.find(filt, {"_id": 0, "seq": 1}).sort("seq", DESC)
+        cursor = cursor.hint("room_terms_seq").batch_size(SEARCH_INTERSECT_CHUNK)
+        if limit:
+            cursor = cursor.limit(limit)
+        return [row["seq"] async for row in cursor]
+
+    async def _rarest_first(self, base: dict[str, Any], terms: list[str]) -> list[str]:
+        """``terms``, the rarest first ([] when one occurs nowhere).
 
         MongoDB's planner scans a multikey index for the FIRST element of ``$all`` only and
         checks the others on each document it fetches: with a common word first, a query
@@ -692,16 +713,11 @@ class SearchStore:
         counted first (covered index scans, at most SEARCH_COUNT_CAP keys each, in one
         round trip) and the rarest drives the query."""
         if len(terms) < 2:
-            return terms, SEARCH_RECOUNT_CAP
+            return terms
         counts = await self._count_terms(base, terms, SEARCH_COUNT_CAP)
         if min(counts) == 0:
-            return [], 0
-        if min(counts) == SEARCH_COUNT_CAP:
-            # Every term is common: which leads matters still (a word in 1,000 messages
-            # against one in 100,000), so count those again, further.
-            counts = await self._count_terms(base, terms, SEARCH_RECOUNT_CAP)
-        ranked = sorted(zip(counts, terms), key=lambda ct: ct[0])
-        return [t for _, t in ranked], ranked[0][0]
+            return []
+        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
 
     async def _count_terms(self, base: dict[str, Any], terms: list[str], cap: int) -> list[int]:
         """How many messages (at most ``cap``) match ``base`` and hold each term; one round

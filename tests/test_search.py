@@ -393,3 +393,30 @@ async def test_a_server_started_on_old_history_indexes_it_while_serving(mongo_ur
 
         await eventually(found, "the old history to be indexed", timeout=60)
         assert await found_texts(reader, "old", room=room) == ["old news"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_pages_of_a_two_word_search_cover_every_match_once_in_order(store, monkeypatch):
+    """The intersection reads the leading word's seqs a chunk at a time: with tiny chunks and
+    scan bounds, paging still finds every match once, newest first."""
+    from chatapp import store as store_module
+
+    monkeypatch.setattr(store_module, "SEARCH_INTERSECT_CHUNK", 3)
+    monkeypatch.setattr(store_module, "SEARCH_MAX_SCAN", 4)
+    expected = []
+    for i in range(40):
+        text = f"alpha {i}" + (" beta" if i % 7 == 0 else "") + (" gamma" if i % 2 else "")
+        seq = await stored(store, text)
+        if i % 7 == 0:
+            expected.append(seq)
+    got, before, pages = [], None, 0
+    query = search.parse("alpha beta")
+    while True:
+        page = await store.search.find(ROOM, query, before, 2)
+        got += [int(e["id"]) for e in page.events]
+        pages += 1
+        if not page.has_more:
+            break
+        assert page.before is not None and pages < 50
+        before = page.before
+    assert got == expected[::-1]
