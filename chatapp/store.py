@@ -559,6 +559,9 @@ SEARCH_COUNT_CAP = 1000
 # (``_intersect``), reading this many seqs of the leading term at a time: ~2,000 index keys
 # cost about a millisecond, and a chunk finds a page when the terms meet in 1 % of messages.
 SEARCH_INTERSECT_CHUNK = 2000
+# When every term reached SEARCH_COUNT_CAP and a first chunk did not fill the page, the terms
+# are counted again up to this (index keys only, ~10 ms at most), to lead with the rarest.
+SEARCH_RECOUNT_CAP = 10_000
 # Search fields never leave the store with an event.
 _NO_SEARCH_FIELDS = {"terms": 0, "tv": 0}
 # The upgrade's progress marker: a document of the ``meta`` collection.
@@ -624,13 +627,18 @@ class SearchStore:
         low = before
         try:
             with pymongo.timeout(SEARCH_MAX_MS / 1000):
-                terms = await self._rarest_first(base, query.terms)
+                terms, tied = await self._rarest_first(base, query.terms, SEARCH_COUNT_CAP)
                 if not terms:
                     return SearchPage([], False, None)
                 filt = dict(base, terms={"$all": terms})
                 exhausted = True
                 if len(terms) > 1:
-                    seqs, exhausted = await self._intersect(base, terms, limit + 1)
+                    seqs, exhausted = await self._intersect(base, terms, limit + 1, tied)
+                    if tied and not exhausted and len(seqs) <= limit:
+                        # Every term is common and one chunk did not fill the page: which
+                        # is rarer matters now; count further, and start again behind it.
+                        terms, _ = await self._rarest_first(base, terms, SEARCH_RECOUNT_CAP)
+                        seqs, exhausted = await self._intersect(base, terms, limit + 1)
                     filt = {"room": room, "seq": {"$in": seqs}}
                 cursor = self.events.find(filt, _NO_SEARCH_FIELDS)
                 cursor = cursor.sort("seq", DESC).batch_size(max(limit + 1, 50))
@@ -665,7 +673,7 @@ class SearchStore:
         )
 
     async def _intersect(
-        self, base: dict[str, Any], terms: list[str], want: int
+        self, base: dict[str, Any], terms: list[str], want: int, one_chunk: bool = False
     ) -> tuple[list[int], bool]:
         """Seqs of messages matching ``base`` that hold every term, newest first, found on the
         index alone (covered scans: no message is read), and whether there are no more.
@@ -673,8 +681,9 @@ class SearchStore:
         The leading term's seqs are read newest first, SEARCH_INTERSECT_CHUNK at a time; of
         each chunk, the seqs that the next term has too are asked for with ``$in``, then the
         next term's, and so on; chunks are read until ``want`` seqs are found, or
-        SEARCH_MAX_SCAN, or the leading term has no more. Cost: a few index keys per message
-        of the leading term looked at, whether or not the terms meet."""
+        SEARCH_MAX_SCAN, or the leading term has no more (or after one chunk if
+        ``one_chunk``). Cost: a few index keys per message of the leading term looked at,
+        whether or not the terms meet."""
         room, upper = base["room"], base.get("seq", {}).get("$lt")
         found: list[int] = []
         while len(found) < want:
@@ -692,7 +701,7 @@ class SearchStore:
             found += seqs
             if len(chunk) < SEARCH_INTERSECT_CHUNK:
                 return found, True
-            if len(found) >= SEARCH_MAX_SCAN:
+            if len(found) >= SEARCH_MAX_SCAN or one_chunk:
                 break
         return found, False
 
@@ -704,20 +713,22 @@ class SearchStore:
             cursor = cursor.limit(limit)
         return [row["seq"] async for row in cursor]
 
-    async def _rarest_first(self, base: dict[str, Any], terms: list[str]) -> list[str]:
-        """``terms``, the rarest first ([] when one occurs nowhere).
+    async def _rarest_first(
+        self, base: dict[str, Any], terms: list[str], cap: int
+    ) -> tuple[list[str], bool]:
+        """``terms``, the rarest first ([] when one occurs nowhere), each counted up to
+        ``cap``; and whether they all reached it (a tie: any may be the rarest).
 
         MongoDB's planner scans a multikey index for the FIRST element of ``$all`` only and
-        checks the others on each document it fetches: with a common word first, a query
-        for it and a rare one reads every message holding the common one. So the terms are
-        counted first (covered index scans, at most SEARCH_COUNT_CAP keys each, in one
-        round trip) and the rarest drives the query."""
+        checks the others on each document it fetches: the term that leads decides the
+        cost. So the terms are counted first (covered index scans, in one round trip)."""
         if len(terms) < 2:
-            return terms
-        counts = await self._count_terms(base, terms, SEARCH_COUNT_CAP)
+            return terms, False
+        counts = await self._count_terms(base, terms, cap)
         if min(counts) == 0:
-            return []
-        return [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+            return [], False
+        ranked = [t for _, t in sorted(zip(counts, terms), key=lambda ct: ct[0])]
+        return ranked, min(counts) == cap
 
     async def _count_terms(self, base: dict[str, Any], terms: list[str], cap: int) -> list[int]:
         """How many messages (at most ``cap``) match ``base`` and hold each term; one round

@@ -397,12 +397,14 @@ async def test_a_server_started_on_old_history_indexes_it_while_serving(mongo_ur
 
 @pytest.mark.gen_test(timeout=60)
 async def test_pages_of_a_two_word_search_cover_every_match_once_in_order(store, monkeypatch):
-    """The intersection reads the leading word's seqs a chunk at a time: with tiny chunks and
-    scan bounds, paging still finds every match once, newest first."""
+    """The intersection reads the leading word's seqs a chunk at a time: with tiny chunks,
+    scan bounds and counts, paging still finds every match once, newest first."""
     from chatapp import store as store_module
 
     monkeypatch.setattr(store_module, "SEARCH_INTERSECT_CHUNK", 3)
     monkeypatch.setattr(store_module, "SEARCH_MAX_SCAN", 4)
+    monkeypatch.setattr(store_module, "SEARCH_COUNT_CAP", 2)  # a tie: counted again
+    monkeypatch.setattr(store_module, "SEARCH_RECOUNT_CAP", 100)
     expected = []
     for i in range(40):
         text = f"alpha {i}" + (" beta" if i % 7 == 0 else "") + (" gamma" if i % 2 else "")
