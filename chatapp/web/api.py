@@ -194,10 +194,31 @@ class HistoryAPI(JSONHandler):
         limit = rules.check_limit(
             self.get_query_argument("limit", None), HISTORY_DEFAULT, HISTORY_MAX
         )
+        around = self.get_query_argument("around", None)
+        if around is not None:
+            if not rules.check_cursor(around):
+                raise ChatError("bad_cursor", "around must be the id of an event.", 400)
+            await self._around(room, around, limit)
+            return
         events, has_more = await self.chat.history(room, before, limit)
         self.write_json({"events": events, "has_more": has_more})
 
     head = get  # HEAD answers as GET does, without the body (Tornado drops it)
+    async def _around(self, room: str, around: str, limit: int) -> None:
+        """``?around=<id>``: the event and up to ``limit`` - 1 others, half before it, the
+        rest after (a search result in context). ``has_more``: older ones exist;
+        ``has_newer``: newer ones too. Ids within a room are consecutive, so "the next n" is
+        "the n before id + n + 1"."""
+        seq = rules.parse_id(around)
+        older, has_more = await self.chat.history(room, rules.format_id(seq + 1), limit // 2 + 1)
+        wanted = limit - len(older)
+        # One more than wanted tells whether newer ones exist.
+        newer, _ = await self.chat.history(room, rules.format_id(seq + wanted + 2), wanted + 1)
+        newer = [e for e in newer if rules.parse_id(e["id"]) > seq]
+        self.write_json({
+            "events": older + newer[:wanted], "has_more": has_more,
+            "has_newer": len(newer) > wanted,
+        })
 
 
 class PresenceAPI(JSONHandler):
