@@ -157,7 +157,7 @@
     function arrived(ev) {
       if (ev.type === "message" && ev.nick !== ctx.me && pageHidden()) {
         unread++;
-        doc.title = "(" + unread + ") " + baseTitle;
+        doc.title = chatapp.tn("title.unread", unread, { title: baseTitle });
       }
       if (ev.type === "join" || ev.type === "leave") { transport.presenceSoon(); }
     }
