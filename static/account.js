@@ -1,82 +1,72 @@
-/* The room page's "Your nickname" panel: register the nickname with a password, or delete
- * the account. ES5, no framework; text is only ever set with textContent.
+/* chatapp browser client: the room page's "Your nickname" panel. Register the nickname with
+ * a password, or delete the account. Text is only ever set with textContent; its words come
+ * from static/strings.js (chatapp.t), its requests go through chatapp.core.request (the one
+ * XMLHttpRequest wrapper, which sends the XSRF token).
  * API: GET /api/account -> {nick, registered}; POST {password} registers (201);
- * DELETE {password} deletes the account (this device goes on as a guest). */
+ * DELETE {password} deletes the account (200; this device goes on as a guest).
+ * Plain ES5 (tests/test_es5.py). The trap: the panel stays hidden until the GET answers, so
+ * a server without accounts shows nothing rather than a form that cannot work.
+ */
 (function () {
   "use strict";
 
-  function byId(id) { return document.getElementById(id); }
-
-  function cookie(name) {
-    var parts = document.cookie.split("; ");
-    for (var i = 0; i < parts.length; i++) {
-      var eq = parts[i].indexOf("=");
-      if (parts[i].substring(0, eq) === name) { return decodeURIComponent(parts[i].substring(eq + 1)); }
-    }
-    return "";
-  }
-
-  function request(method, body, done) {
-    var xhr = new XMLHttpRequest();
-    xhr.open(method, "/api/account");
-    xhr.setRequestHeader("Content-Type", "application/json");
-    xhr.setRequestHeader("X-XSRFToken", cookie("_xsrf"));
-    xhr.onreadystatechange = function () {
-      if (xhr.readyState !== 4) { return; }
-      var data = null;
-      try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
-      done(xhr.status, data);
-    };
-    xhr.send(body === null ? null : JSON.stringify(body));
-  }
+  var chatapp = window.chatapp = window.chatapp || {};
+  var c = chatapp.core;
+  var t = chatapp.t;
+  var URL = "/api/account";
+  // Generous: hashing a password (argon2id) takes the server a moment, on a busy one longer.
+  var TIMEOUT_MS = 30000;
 
   function start() {
-    var form = byId("account-form");
+    var form = c.byId("account-form");
     if (!form) { return; }
-    var status = byId("account-status");
-    var password = byId("account-password");
-    var submit = byId("account-submit");
-    var error = byId("account-error");
+    var status = c.byId("account-status");
+    var password = c.byId("account-password");
+    var submit = c.byId("account-submit");
+    var error = c.byId("account-error");
     var registered = false;
 
-    function show(state) {
-      registered = state.registered;
-      status.textContent = registered
-        ? "\u201c" + state.nick + "\u201d is registered: log in with it on any device. " +
-          "Deleting the account frees the nickname."
-        : "Register \u201c" + state.nick + "\u201d with a password so that nobody else can take it.";
-      submit.textContent = registered ? "Delete account" : "Register";
+    function render(state) {
+      registered = !!state.registered;
+      c.setText(status, t(registered ? "account.registered" : "account.unregistered",
+                          { nick: state.nick }));
+      c.setText(submit, t(registered ? "account.delete" : "account.register"));
       password.setAttribute("autocomplete", registered ? "current-password" : "new-password");
-      form.hidden = false;
+      c.show(form, true);
     }
 
     function fail(message) {
-      error.textContent = message;
-      error.hidden = false;
+      c.setText(error, message);
+      c.show(error, true);
     }
 
-    request("GET", null, function (code, data) {
-      if (code === 200 && data) { show(data); }
+    c.request("GET", URL, null, TIMEOUT_MS, function (code, data) {
+      if (code === 200 && data) { render(data); }
     });
 
-    form.addEventListener("submit", function (ev) {
+    c.on(form, "submit", function (ev) {
       ev.preventDefault();
-      error.hidden = true;
+      c.show(error, false);
       submit.disabled = true;
-      request(registered ? "DELETE" : "POST", { password: password.value }, function (code, data) {
-        submit.disabled = false;
-        if (code === 200 || code === 201) {
-          password.value = "";
-          show({ nick: data.nick, registered: code === 201 });
-        } else {
-          fail(data && data.message ? data.message : "The server could not be reached; try again.");
-        }
-      });
+      c.request(registered ? "DELETE" : "POST", URL, { password: password.value }, TIMEOUT_MS,
+        function (code, data) {
+          submit.disabled = false;
+          if ((code === 200 || code === 201) && data) {
+            password.value = "";
+            render({ nick: data.nick, registered: code === 201 });
+          } else if (code === 0) {
+            fail(t("account.unreachable"));
+          } else {
+            fail(data && data.message ? data.message : t("account.refused", { status: code }));
+          }
+        });
     });
   }
 
+  chatapp.account = { start: start };
+
   if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", start);
+    c.on(document, "DOMContentLoaded", start);
   } else {
     start();
   }

@@ -168,7 +168,7 @@
           return;
         }
         if (!text) { problem = t("edit.empty"); }
-        if (n > ctx.limits.max_text) { problem = t("composer.too.long", { max: ctx.limits.max_text, n: n }); }
+        if (n > ctx.limits.max_text) { problem = chatapp.tn("composer.too.long", ctx.limits.max_text, { length: n }); }
         if (problem) {
           c.setText(error, problem);
           c.show(error, true);

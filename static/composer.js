@@ -41,7 +41,7 @@
       var length = c.countChars(c.trim(input.value));
       autosize();
       if (length >= Math.floor(max * COUNTER_SHARE)) {
-        c.setText(counter, t("composer.counter", { n: length, max: max }));
+        c.setText(counter, chatapp.tn("composer.counter", length, { max: max }));
         c.toggleClass(counter, "over", length > max);
         c.show(counter, true);
       } else {
@@ -88,7 +88,7 @@
       var text = c.trim(input.value), length = c.countChars(text), fields, item;
       if (!text) { return; }
       if (length > max) {
-        c.setText(error, t("composer.too.long", { max: max, n: length }));
+        c.setText(error, chatapp.tn("composer.too.long", max, { length: length }));
         c.show(error, true);
         return;
       }

@@ -1,13 +1,14 @@
 /*
  * chatapp browser client: what every other file shares. DOM helpers, the one XMLHttpRequest
- * wrapper, local time, the nick colour.
+ * wrapper (and the XSRF token it sends), local time in the browser's locale, the nick colour.
  *
  * Plain ES5 on purpose: old browsers are users too. No build step, no framework, no
  * let/const, arrow functions, template strings, classes, Promise or fetch; tests/test_es5.py
  * fails on anything newer in static/*.js. The files are loaded in order by the page
- * (templates/room.html): strings, core, events, longpoll, transport, outbox, logview, older,
- * actions, composer, people, chat. Each adds itself to window.chatapp and runs nothing on load
- * except chat.js, which starts the page.
+ * (templates/base.html, room.html): i18n, strings, core, events, longpoll, transport,
+ * outbox, logview, older, actions, composer, people, account, chat. Each adds itself to
+ * window.chatapp and runs nothing on load except account.js (its panel) and chat.js, which
+ * starts the page.
  *
  * Everything the server or another person supplied reaches the page through textContent
  * or createTextNode (make(), setText() below), never innerHTML.
@@ -82,8 +83,6 @@
 
   // Length in code points, like the server (Python's len), not UTF-16 units.
   function countChars(s) { return s.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, "_").length; }
-
-  function pad2(n) { return n < 10 ? "0" + n : String(n); }
 
   function nextElement(node) {
     node = node.nextSibling;
@@ -224,31 +223,33 @@
 
   /* ------------------------------------------------------------------ time */
 
-  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-
   function toDate(ts) {
     var d = new Date(parseFloat(ts) * 1000);
     return isFinite(d.getTime()) ? d : new Date();
   }
 
-  // Local HH:MM:SS; events of another day get the date in front ("20 Nov 14:03:22").
+  // In the browser's locale (static/i18n.js: time, dateTime): the time of day for an event of
+  // today, with the date in front for another day (and the year for another year). Without
+  // i18n.js, the browser's own default format.
   function formatTime(d) {
+    var i18n = win.chatappI18n;
     var today = new Date();
-    var text = pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + ":" + pad2(d.getSeconds());
-    if (d.getFullYear() !== today.getFullYear()) {
-      return d.getDate() + " " + MONTHS[d.getMonth()] + " " + d.getFullYear() + " " + text;
-    }
-    if (d.getMonth() !== today.getMonth() || d.getDate() !== today.getDate()) {
-      return d.getDate() + " " + MONTHS[d.getMonth()] + " " + text;
-    }
-    return text;
+    var sameDay = d.getFullYear() === today.getFullYear() && d.getMonth() === today.getMonth() &&
+      d.getDate() === today.getDate();
+    if (!i18n) { return sameDay ? d.toLocaleTimeString() : d.toLocaleString(); }
+    return sameDay ? i18n.time(d) : i18n.dateTime(d);
+  }
+
+  // The full date and time, for a tooltip.
+  function longDateTime(d) {
+    var i18n = win.chatappI18n;
+    return i18n && i18n.fullDateTime ? i18n.fullDateTime(d) : d.toLocaleString();
   }
 
   function fillTime(timeEl, ts) {
     var d = toDate(ts);
     timeEl.setAttribute("datetime", d.toISOString());
-    timeEl.setAttribute("title", d.toLocaleString());
+    timeEl.setAttribute("title", longDateTime(d));
     setText(timeEl, formatTime(d));
   }
 
@@ -296,8 +297,8 @@
     make: make, button: button, setText: setText, empty: empty, removeNode: removeNode,
     countChars: countChars, nextElement: nextElement, previousElement: previousElement,
     firstElement: firstElement, lastElement: lastElement, closest: closest,
-    getStorage: getStorage, request: request, toDate: toDate, formatTime: formatTime,
-    fillTime: fillTime, timeElement: timeElement, colorIndex: colorIndex,
+    getStorage: getStorage, request: request, xsrfToken: xsrfToken, toDate: toDate,
+    formatTime: formatTime, longDateTime: longDateTime, fillTime: fillTime, timeElement: timeElement, colorIndex: colorIndex,
     nickElement: nickElement, newClientId: newClientId
   };
 }());

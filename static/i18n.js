@@ -13,7 +13,10 @@
  * Only literal strings in t("...") / tn("...", "...") calls are extracted into the catalogue
  * (python -m chatapp.web.extract): never build the key from pieces. A string without a
  * translation is shown in English, never as nothing. Placeholders are {name}; tn fills {n}.
- * time(d) and dateTime(d) format a Date in the reader's locale.
+ * time(d), dateTime(d) and fullDateTime(d) format a Date in the reader's locale.
+ *
+ * static/strings.js names the client's strings through tr("...") / trn("...", "...") (the
+ * extraction keywords, chatapp/web/extract.py), which call t and tn here.
  */
 (function (win, doc) {
   "use strict";
@@ -88,10 +91,19 @@
                         {hour: "2-digit", minute: "2-digit", second: "2-digit"});
   }
 
+  // Day and month in front of the time; the year too when it is not this year's.
   function dateTime(d) {
-    return localeString(d, "toLocaleString", {day: "numeric", month: "short",
-                                              hour: "2-digit", minute: "2-digit",
-                                              second: "2-digit"});
+    var options = {day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+                   second: "2-digit"};
+    if (d.getFullYear() !== new Date().getFullYear()) { options.year = "numeric"; }
+    return localeString(d, "toLocaleString", options);
+  }
+
+  // Everything, for a tooltip: weekday, date with the year, time.
+  function fullDateTime(d) {
+    return localeString(d, "toLocaleString", {weekday: "long", day: "numeric", month: "long",
+                                              year: "numeric", hour: "2-digit",
+                                              minute: "2-digit", second: "2-digit"});
   }
 
   win.chatappI18n = {
@@ -101,6 +113,7 @@
     pluralIndex: pluralIndex,
     dateLocale: dateLocale,
     time: time,
-    dateTime: dateTime
+    dateTime: dateTime,
+    fullDateTime: fullDateTime
   };
 })(window, document);

@@ -5,10 +5,10 @@
  * from the server reaches the page through textContent and createTextNode only; the
  * highlighted parts are <mark> elements made here, filled with text nodes.
  *
- * Wiring (nothing else: this file does not touch chat.js):
+ * Wiring (nothing else: this file does not touch chat.js): a container in the page, and
+ * "search" in templates/room.html's list of scripts (after strings.js, whose words it uses):
  *
  *   <div id="search" class="search" data-room="{{ room }}"></div>   (where the box goes)
- *   <script src="{{ static_url("search.js") }}" defer></script>
  *
  * The container is filled on load; the room comes from its data-room, or else from
  * <main id="chat" data-room>. Its API, for chat.js or tests:
@@ -34,6 +34,8 @@
 
   var doc = document;
   var win = window;
+  // Every word through static/strings.js (translated there); a page without it shows keys.
+  var t = win.chatapp && win.chatapp.t ? win.chatapp.t : function (key) { return key; };
 
   var DEBOUNCE_MS = 250;        // a pause in typing this long sends the query
   var PAGE = 20;                // results per page (the server's default)
@@ -145,31 +147,31 @@
     var selected = -1;
     var hitTimer = null;
 
-    var toggle = make("button", "btn btn-quiet btn-small search-toggle", "Search");
+    var toggle = make("button", "btn btn-quiet btn-small search-toggle", t("search.open"));
     var panel = make("div", "search-panel");
     var form = make("form", "search-form");
-    var label = make("label", "visually-hidden", "Search messages in #" + room);
+    var label = make("label", "visually-hidden", t("search.label", { room: room }));
     var input = make("input", "search-input");
-    var close = make("button", "btn btn-quiet btn-small search-close", "Close");
+    var close = make("button", "btn btn-quiet btn-small search-close", t("search.close"));
     var status = make("p", "search-status");
     var list = make("ol", "search-results");
-    var more = make("button", "btn btn-quiet btn-small search-more", "More results");
+    var more = make("button", "btn btn-quiet btn-small search-more", t("search.more"));
     var context = make("ol", "log search-context");
 
     toggle.type = "button";
-    toggle.title = "Search (/ or Ctrl+K)";
+    toggle.title = t("search.shortcut");
     toggle.setAttribute("aria-expanded", "false");
     input.type = "search";
     input.id = "search-input-" + room;
     input.maxLength = MAX_QUERY;
     input.autocomplete = "off";
-    input.placeholder = "Search #" + room + " \u2014 words, \"a phrase\", from:nick";
+    input.placeholder = t("search.placeholder", { room: room });
     label.htmlFor = input.id;
     close.type = "button";
     more.type = "button";
     status.setAttribute("role", "status");
     list.setAttribute("role", "listbox");
-    list.setAttribute("aria-label", "Search results");
+    list.setAttribute("aria-label", t("search.results"));
     form.appendChild(label);
     form.appendChild(input);
     form.appendChild(close);
@@ -227,20 +229,20 @@
       if (!before) { clear(list); selected = -1; }
       more.setAttribute("hidden", "");
       if (!q.replace(/\s+/g, "")) { say(""); return; }
-      say("Searching\u2026");
+      say(t("search.searching"));
       pending = getJSON(base + "/search?" + query({ q: q, limit: PAGE, before: before }),
         function (code, data) {
           var i;
           if (mine !== generation) { return; }   // a newer query was typed meanwhile
           pending = null;
           if (code !== 200 || !data) {
-            say(data && data.message ? data.message : "Search failed \u2014 try again.");
+            say(data && data.message ? data.message : t("search.failed"));
             return;
           }
           for (i = 0; i < data.results.length; i++) { list.appendChild(resultItem(data.results[i])); }
           nextBefore = data.next_before;
           if (data.has_more) { more.removeAttribute("hidden"); }
-          say(list.childNodes.length ? "" : "No messages match.");
+          say(list.childNodes.length ? "" : t("search.none"));
         });
     }
 
@@ -291,10 +293,10 @@
       if (options.onOpen && options.onOpen(id) === true) { return; }
       el = inLog(id);
       if (el) { context.setAttribute("hidden", ""); mark(el); return; }
-      say("Loading the conversation around it\u2026");
+      say(t("search.context.loading"));
       getJSON(base + "/history?" + query({ around: id, limit: CONTEXT }), function (code, data) {
         var i, item, target = null;
-        if (code !== 200 || !data) { say("Could not load that part of the conversation."); return; }
+        if (code !== 200 || !data) { say(t("search.context.failed")); return; }
         say("");
         clear(context);
         for (i = 0; i < data.events.length; i++) {

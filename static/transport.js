@@ -83,7 +83,7 @@
       var left;
       if (retryTimer && retryAt) {
         left = Math.max(1, Math.ceil((retryAt - c.now()) / 1000));
-        c.setText(ctx.statusCount, t(state === "offline" ? "status.retry.offline" : "status.retry", { n: left }));
+        c.setText(ctx.statusCount, chatapp.tn(state === "offline" ? "status.retry.offline" : "status.retry", left));
       } else {
         c.setText(ctx.statusCount, "");
       }

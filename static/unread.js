@@ -35,7 +35,7 @@
       if (m) {
         doc.title = t("title.mentions", { n: n, m: m, title: baseTitle });
       } else if (n) {
-        doc.title = t("title.unread", { n: n, title: baseTitle });
+        doc.title = chatapp.tn("title.unread", n, { title: baseTitle });
       } else {
         doc.title = baseTitle;
       }

@@ -1,8 +1,11 @@
 """The pages in English, Russian and Vietnamese: catalogues complete, the right one chosen.
 
-- Every string of the templates, of the join form's errors and of ``t()``/``tn()`` calls in
-  static/*.js has a non-empty, non-fuzzy translation in each catalogue (plural forms all
-  filled, placeholders kept): a new string without one fails here.
+- Every string of the templates, of the join form's errors and of the ``tr()``/``trn()``
+  markers in static/*.js has a non-empty, non-fuzzy translation in each catalogue (plural
+  forms all filled, placeholders kept): a new string without one fails here.
+- static/strings.js, the client's one table of English strings: every value is a marker call
+  with literals (so the extraction sees it), and every key the other scripts ask for through
+  ``chatapp.t``/``chatapp.tn`` is in it.
 - Accept-Language and the remembered switch choose the language; the pages come out in it.
 - The machinery: .po compiled to .mo when stale, client strings and plural tables for
   static/i18n.js.
@@ -80,7 +83,8 @@ def test_every_string_of_the_pages_and_scripts_is_translated(lang: str) -> None:
 
 
 def test_the_check_catches_a_string_missing_from_the_catalogue(tmp_path: Path) -> None:
-    """A new string in a template or a t() call in a script is found, and flagged."""
+    """A new string in a template or a tr() marker in a script is found, and flagged; the
+    keys other scripts ask for (chatapp.t("key")) are not messages."""
     (tmp_path / "templates").mkdir()
     (tmp_path / "static").mkdir()
     (tmp_path / "chatapp").mkdir()
@@ -89,7 +93,8 @@ def test_the_check_catches_a_string_missing_from_the_catalogue(tmp_path: Path) -
         '{% set n = 2 %}<p>{{ _("%(n)d cat", "%(n)d cats", n) % {"n": n} }}</p>\n',
         encoding="utf-8")
     (tmp_path / "static" / "y.js").write_text(
-        'var a = t("Send"); var b = tn("{n} dog", "{n} dogs", 3); var c = t("Also new");\n',
+        'var a = tr("Send"); var b = trn("{n} dog", "{n} dogs"); var c = tr("Also new");\n'
+        'var d = chatapp.t("status.connecting"); var e = chatapp.tn("title.unread", 2);\n',
         encoding="utf-8")
     template = extract.template_catalog(tmp_path)
     ids = [m.id for m in template if m.id]

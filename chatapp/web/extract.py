@@ -10,10 +10,13 @@ has no translation):
   ``_("one", "many", count)`` (Tornado's ``locale.translate``) a plural one.
 - ``chatapp/**.py``: ``N_("text")`` marks a string translated later (the join form's
   error messages, ``chatapp/web/locale.py``); ``_()`` as in the templates.
-- ``static/*.js``: Babel's JavaScript extractor; ``t("text", {args})`` and
-  ``tn("one", "many", n, {args})`` are what ``static/i18n.js`` exposes.
+- ``static/*.js``: Babel's JavaScript extractor; ``tr("text")`` and ``trn("one", "many")``
+  are the markers of ``static/strings.js``, the one table of the client's English strings
+  (they look the text up through ``static/i18n.js``). Every other script asks for its words
+  by key, ``chatapp.t("status.connecting", {args})`` / ``chatapp.tn(key, n, {args})``: those
+  keys are not messages, and ``t``/``tn`` are deliberately no keywords here.
 
-The trap: only literal strings are found. ``t(name)`` or ``_("a" + b)`` extract nothing and
+The trap: only literal strings are found. ``tr(name)`` or ``_("a" + b)`` extract nothing and
 show English; put the whole sentence in the call, with placeholders (``%(name)s`` in Python,
 ``{name}`` in JavaScript).
 
@@ -44,12 +47,12 @@ METHODS = [
     ("static/**.js", "javascript"),
 ]
 # _ with one argument: a message; with three (Tornado's translate(one, many, count)): a
-# plural. t/tn: static/i18n.js.
+# plural. tr/trn: the markers of static/strings.js (not t/tn, which take keys).
 KEYWORDS: dict[str, Any] = {
     "_": {None: None, 3: (1, 2)},
     "N_": None,
-    "t": None,
-    "tn": (1, 2),
+    "tr": None,
+    "trn": (1, 2),
 }
 # "# TRANSLATORS: ..." just above a call reaches the translator.
 COMMENT_TAGS = ["TRANSLATORS:"]

@@ -224,7 +224,7 @@ def test_reply_edit_delete_react_live_and_after_being_away(
         expect(edited.locator(".text")).to_have_text("typo message")
         expect(edited.locator(".edited")).to_have_text("(edited)")
         expect(edited.locator(".edited")).to_have_attribute(
-            "title", re.compile(r"^edited \d\d:\d\d:\d\d$"))
+            "title", re.compile(r"^edited \d\d:\d\d:\d\d(\s[AP]M)?$"))
     announced(linh, f"{maya.nick} edited a message: typo message")
 
     # A delete, after a confirmation; the text is gone from every page.

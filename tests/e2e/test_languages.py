@@ -62,7 +62,7 @@ def test_the_page_in_the_browsers_language(app_server: AppServer, people: Any, l
         person.wait_connected()
         expect(page.get_by_role("button", name=words["send"])).to_be_visible()
         expect(page.get_by_role("button", name=words["leave"])).to_be_visible()
-        expect(page.locator(".people-title")).to_have_text(words["people"])
+        expect(page.locator("#people .people-title")).to_have_text(words["people"])
         persons[nick] = person
     for nick, text in conversation:
         composer = persons[nick].page.locator("#composer-text")  # labelled in the language
