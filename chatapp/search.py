@@ -1,6 +1,6 @@
 """Search text: normalisation, the terms a message is indexed under, and query matching.
 
-Pure functions, no I/O: ``store.py`` writes ``index_fields(doc)`` into each message document
+Pure functions, no I/O: ``chatapp.store`` writes ``index_fields(doc)`` into each message document
 (in the same transaction as the event) and asks MongoDB for the messages holding every term
 of ``Query.terms``; ``Query.matches`` then checks each candidate's text exactly. docs/SEARCH.md
 says what matches what; this module is that page in code.

@@ -77,7 +77,7 @@ class Sessions:
         if not claimed:
             raise ChatError("nick_taken", "That nickname is taken.", 409)
         # After the claim, not before: an account registered meanwhile is seen here (it is
-        # inserted before its guest session lets go of the key; store.py, "accounts").
+        # inserted before its guest session lets go of the key; store/accounts.py).
         if await AccountStore(self.store).find_account(key) is not None:
             await self.store.delete_session(sid)
             raise nick_registered()

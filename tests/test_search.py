@@ -365,7 +365,7 @@ def test_search_js_is_es5_and_never_writes_html():
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_search_out_of_time_returns_what_it_found_marked_partial(store, monkeypatch):
-    from chatapp import store as store_module
+    from chatapp.store import search as store_module
 
     for i in range(30):
         await stored(store, f"slow word{i}")
@@ -399,7 +399,7 @@ async def test_a_server_started_on_old_history_indexes_it_while_serving(mongo_ur
 async def test_pages_of_a_two_word_search_cover_every_match_once_in_order(store, monkeypatch):
     """The intersection reads the leading word's seqs a chunk at a time: with tiny chunks,
     scan bounds and counts, paging still finds every match once, newest first."""
-    from chatapp import store as store_module
+    from chatapp.store import search as store_module
 
     monkeypatch.setattr(store_module, "SEARCH_INTERSECT_CHUNK", 3)
     monkeypatch.setattr(store_module, "SEARCH_MAX_SCAN", 4)

@@ -1,5 +1,6 @@
-"""MongoDB access for read markers, the rooms directory and cluster signals (store.py's part for
-them: ``EventStore.rooms``). Like store.py, the only place these collections are touched.
+"""MongoDB access for read markers, the rooms directory and cluster signals (the store's part
+for them: ``EventStore.rooms``). Like the rest of ``chatapp.store``, the only place these
+collections are touched.
 
 Collections:
 
