@@ -58,6 +58,7 @@ def make_app(
         (rf"/api/rooms/{ROOM}/roles", roles_api.RoomRolesAPI),
         (rf"/api/rooms/{ROOM}/claim", roles_api.RoomClaimAPI),
         (rf"/api/rooms/{ROOM}/moderators/([^/]+)", roles_api.ModeratorsAPI),
+        (rf"/api/rooms/{ROOM}/moderation", roles_api.ModerationAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).

@@ -16,7 +16,7 @@ import json
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from chatapp import kinds, metrics
@@ -119,6 +119,8 @@ class MessageBuffer:
         self.nicks: list[str] = []
         self._presence_wire: bytes | None = None
         self._presence_call: asyncio.TimerHandle | None = None
+        # Told of every published batch before the waiters (moderation: Rooms sets it).
+        self.on_publish: Callable[[str, list[Entry]], None] | None = None
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Wake ``waiter`` with every batch published from now on, until removed."""
@@ -190,6 +192,10 @@ class MessageBuffer:
                 self._presence_call.cancel()
                 self._send_presence()
             # Copy: a long-poll waiter removes itself from the set while being woken.
+            if self.on_publish is not None:
+                # First: a kicked person's connections end with an error rather than a
+                # batch (a woken poll would answer 200 and be back at once).
+                self.on_publish(self.room, new)
             for waiter in list(self._waiters):
                 waiter.wake(new)
         return new

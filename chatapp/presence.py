@@ -77,6 +77,10 @@ class Presence:
                 del self._rooms[room]
         return left
 
+    def members(self, room: str) -> list[Member]:
+        """The room's members on this process (a copy), with their open connections."""
+        return list(self._rooms.get(room, {}).values())
+
     def has_members(self, room: str) -> bool:
         return room in self._rooms
 

@@ -35,6 +35,7 @@ class PollWaiter:
         # Resolved once ``Chat.poll`` has returned: the handler has written its answer then.
         self.answered: asyncio.Future = loop.create_future()
         self.cursor = cursor or ""
+        self.address = ""  # the client's, for a guest's ban by address (set by poll)
 
     def wake(self, entries: list[Entry]) -> None:
         if entries and entries[0].id <= self.cursor:
@@ -56,6 +57,11 @@ class PollWaiter:
 
     def session_ended(self) -> None:
         self.cancel()
+
+    def moderated(self, error: ChatError, code: int) -> None:
+        """Kicked or banned (``chatapp.moderation``): the poll answers ``error``."""
+        if not self._future.done():
+            self._future.set_exception(error)
 
     def shutdown(self) -> None:
         self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
@@ -164,6 +170,7 @@ class Reader:
         if the client went away (``PollWaiter.cancel``, which ``on_park`` receives the waiter
         for) or the session ended meanwhile."""
         waiter = PollWaiter(cursor)
+        waiter.address = address
         if on_park is not None:
             on_park(waiter)
         buffer = await self.membership.connect(session, room, waiter, address, present)
