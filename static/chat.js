@@ -99,7 +99,7 @@
     var unread = 0;
     var baseTitle = doc.title;
     var leaving = false;     // Leave was clicked: its answer, not a closed socket, says where to go
-    var transport, outbox, view, older, composer, actions, presence;
+    var transport, outbox, view, older, composer, actions, presence, moderation;
 
     function notice(text) {
       if (!noticeEl) { return; }
@@ -147,6 +147,8 @@
         return;
       } else if (frame.error === "bad_cursor") {
         reloadPage();
+      } else if (moderation && moderation.refused(frame)) {
+        return;
       } else {
         notice(frame.message || frame.error || t("notice.server.error"));
       }
@@ -182,6 +184,7 @@
       acted: function (item, ev) { if (ev) { view.stray(ev); } },
       failed: function (item, message) {
         if (item.kind === "send") { view.failed(item, message); } else { actions.failed(item, message); }
+        moderation.failed(item.error, message);
       },
       stray: function (ev) { view.stray(ev); },
       sessionGone: goJoin,
@@ -211,6 +214,7 @@
       notice: notice
     });
     presence = chatapp.People(ctx);
+    moderation = chatapp.Moderation(ctx, { notice: notice, stop: function () { transport.shutdown(); } });
 
     function restoreOutbox() {
       var saved = outbox.restore(), items, i, item;

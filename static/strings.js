@@ -120,7 +120,39 @@
     "older.failed": "Could not load older messages \u2014 try again",
 
     // people
-    "people.you": " (you)"
+    "people.you": " (you)",
+
+    // moderation (moderation.js): the lines in the log, the menu on a nickname, the notices
+    "event.moderation.minutes": " for {n} min",
+    "event.moderation.seconds": " for {n} s",
+    "event.moderation.slow.on": "set slow mode: one message every {n} s",
+    "event.moderation.slow.off": "ended slow mode",
+    "event.moderation.reason": ": {reason}",
+    "mod.menu.label": "Moderate {nick}",
+    "mod.reason": "Reason (optional)",
+    "mod.mute10": "Mute for 10 min",
+    "mod.mute": "Mute until unmuted",
+    "mod.unmute": "Unmute",
+    "mod.kick": "Remove from the room",
+    "mod.ban1d": "Ban for a day",
+    "mod.ban": "Ban for good",
+    "mod.unban": "Lift the ban",
+    "mod.close": "Close",
+    "mod.failed": "That did not work: {message}",
+    "mod.kicked": "A moderator removed you from this room. You may come back.",
+    "mod.banned": "You are banned from this room: {message}",
+    "mod.muted": "You are muted here: {message}",
+    "mod.rejoin": "Come back",
+    "mod.settings": "Room settings",
+    "mod.moderators": "Moderators",
+    "mod.none": "none yet",
+    "mod.remove": "Remove",
+    "mod.add": "Add moderator",
+    "mod.add.nick": "Registered nickname",
+    "mod.slow": "Slow mode",
+    "mod.slow.off": "off",
+    "mod.slow.n": "one message every {n} s",
+    "mod.slow.set": "Set"
   };
 
   chatapp.STRINGS = STRINGS;

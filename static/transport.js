@@ -369,6 +369,7 @@
       onPresence: hooks.onPresence,
       badCursor: hooks.badCursor,
       sessionGone: hooks.sessionGone,
+      refused: function (data) { hooks.onFrame(data); },
       state: function () { return state; },
       connecting: function () { setStatus("connecting", "longpoll"); },
       connected: function () {
