@@ -18,6 +18,8 @@ Rules:
   the same address is still banned. A registered account is matched by its nickname only
   (it cannot take another without a password), so an address shared with a moderator (an
   office NAT) never locks the moderator out.
+- Connections are put out through their ``moderated(error, close_code)`` (``ws.RoomSocket``,
+  ``reading.PollWaiter``), found in this process's presence (``Presence.members``).
 - Kick (and ban): the subject's connections to the room close at once on every process: a
   WebSocket gets an ``error`` frame (``kicked`` / ``banned``) and closes with
   ``CLOSE_KICKED`` / ``CLOSE_BANNED``; a parked long-poll answers ``403 kicked`` /
@@ -44,7 +46,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from chatapp import rules
 from chatapp.buffer import Entry
@@ -73,12 +75,10 @@ CLOSE_KICKED, CLOSE_BANNED = 4001, 4003
 ADDRESSES_KEPT = 4
 # Rooms' address books kept: the most recently used ones (a process serves many rooms).
 ADDRESS_BOOK_PEOPLE = 10_000
-
-
-class Connection(Protocol):
-    """A connection to a room (a WebSocket or a parked long-poll) that can be put out."""
-
-    def moderated(self, error: ChatError, code: int) -> None: ...
+# Rooms whose state is kept in memory: every room read is checked, so without a cap every
+# room ever asked for would stay. One dropped is loaded again (one query) when next asked
+# for; only its slow-mode clock is lost (a person may send one message early).
+CACHED_ROOMS = 10_000
 
 
 @dataclass
@@ -174,6 +174,11 @@ class Moderation:
                 raise store_unavailable() from None
             if self._events.get(room, 0) == seen:  # no event came meanwhile
                 state = self._rooms.setdefault(room, RoomRules.of(doc))
+        if len(self._rooms) > CACHED_ROOMS:
+            oldest = next(iter(self._rooms))  # the first loaded (the cap is a bound, not LRU)
+            if oldest != room:
+                del self._rooms[oldest]
+                self._events.pop(oldest, None)
         return state
 
     # -- the checks -------------------------------------------------------------------------
