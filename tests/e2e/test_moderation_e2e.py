@@ -37,6 +37,20 @@ def test_an_owner_mutes_then_bans_and_the_victim_sees_why(
     bo.say("spam spam spam")
     cy.wait_for_message("spam spam spam")
 
+    # The owner's panel: slow mode on, then off again; both pages show each change.
+    settings.locator("summary").click()
+    settings.get_by_label("Slow mode").select_option("30")
+    settings.get_by_role("button", name="Set").click()
+    expect(bo.page.locator("#log li.is-moderation").last).to_contain_text(
+        "set slow mode: one message every 30 s")
+    bo.say("one more")
+    bo.wait_for_message("one more")
+    bo.say("and another")
+    expect(bo.page.locator("#log li.msg", has_text="and another")).to_contain_text("Slow mode")
+    settings.get_by_label("Slow mode").select_option("0")
+    settings.get_by_role("button", name="Set").click()
+    expect(cy.page.locator("#log li.is-moderation").last).to_contain_text("ended slow mode")
+
     # The menu on bo's nickname in the people list.
     cy.page.locator("#people-list .nick", has_text=bo.nick).click()
     menu = cy.page.get_by_role("menu")
