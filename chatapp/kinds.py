@@ -135,7 +135,7 @@ KINDS: dict[str, Kind] = {
         Kind("edit", EditEvent, ("target", "text", "mentions"), listed=False, targets=True,
              created_by="the message's sender (its session)"),
         Kind("delete", DeleteEvent, ("target",), listed=False, targets=True,
-             created_by="the message's sender; a moderator too, once moderation exists"),
+             created_by="the message's sender; or a moderator (moderation delete)"),
         Kind("reaction", ReactionEvent, ("target", "emoji", "on"), listed=False, targets=True,
              created_by="any session"),
         Kind("moderation", ModerationEvent,
