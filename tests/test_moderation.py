@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.harness import ChatServer, Client, Socket
-from tests.steps import new_cid, open_ws, parked_poll_response, start_polling, unique
+from tests.steps import (
+    eventually,
+    new_cid,
+    open_ws,
+    parked_poll_response,
+    start_polling,
+    unique,
+)
 from tests.test_accounts import address, login
 from tests.test_cluster import cluster
 from tests.test_roles import accounts, claim, moderator
@@ -266,3 +273,32 @@ async def test_a_ban_holds_on_both_cluster_processes_and_across_a_restart(server
     code, body = await moderate(owner_b, room, action="unban", subject="vic")
     assert code == 200, body
     assert (await say(victim_a, room, "back on A"))[0] == 200
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_timed_mute_runs_out_by_itself(servers):
+    srv = await servers.start()
+    room, (owner,) = await owned_room(srv)
+    victim = await guest(srv, "vic")
+    code, body = await moderate(owner, room, action="mute", subject="vic", seconds=1)
+    assert code == 200, body
+    code, body = await say(victim, room)
+    assert (code, body["error"], body["seconds_left"]) == (403, "muted", 1)
+
+    async def speaks() -> bool:
+        return (await say(victim, room, "free"))[0] == 200
+
+    await eventually(speaks, "the mute to run out")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_admin_moderates_a_room_it_holds_no_other_role_in(servers):
+    srv = await servers.start()
+    room, (_owner, boss) = await owned_room(srv, "boss")
+    assert (await moderator(_owner, room, "boss", False))[0] == 200
+    await srv.stop()
+    srv = await servers.start(port=srv.port, admins=("Boss",))
+    victim = await guest(srv, "vic")
+    code, body = await moderate(boss, room, action="mute", subject="vic")
+    assert (code, body["event"]["nick"]) == (200, "boss")
+    assert (await say(victim, room))[0] == 403
