@@ -1339,3 +1339,41 @@ class SearchStore:
         """Make the next upgrade walk the whole history again (it indexes only what is not
         indexed at the current version): after a rolling upgrade, or a restore of old data."""
         await self.meta.delete_one({"_id": BACKFILL_MARKER})
+
+
+# -- moderation: each room's mutes, bans and slow mode (chatapp/moderation.py) -------------
+
+
+class ModerationStore:
+    """Each room's moderation state (``chatapp.moderation``): one document per room in
+    ``moderation``, ``{"_id": room, "mutes": [...], "bans": [...], "slow": seconds}``; each
+    entry ``{"skeleton", "cased", "nick", "until", "addresses"}`` (``until`` None: for good)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.rooms = store.sessions.database["moderation"]
+
+    async def state(self, room: str) -> dict[str, Any]:
+        return await self.rooms.find_one({"_id": room}) or {}
+
+    async def put(self, room: str, field: str, skeleton: str, entry: dict[str, Any] | None) -> None:
+        """Replace the ``field`` ("mutes" or "bans") entry of ``skeleton`` by ``entry`` (None:
+        drop it), dropping entries that ran out too. Two writes: of two moderators acting on
+        one person at once, the later one's entry stands (or both, until one runs out)."""
+        now = time.time()
+        await self.rooms.update_one(
+            {"_id": room},
+            {"$pull": {field: {"$or": [{"skeleton": skeleton},
+                                       {"until": {"$lt": now}}]}}},
+            upsert=True,
+        )
+        if entry is not None:
+            await self.rooms.update_one({"_id": room}, {"$push": {field: entry}})
+
+    async def add_addresses(self, room: str, skeleton: str, addresses: list[str]) -> None:
+        await self.rooms.update_one(
+            {"_id": room, "bans.skeleton": skeleton},
+            {"$addToSet": {"bans.$.addresses": {"$each": addresses}}},
+        )
+
+    async def set_slow(self, room: str, seconds: float) -> None:
+        await self.rooms.update_one({"_id": room}, {"$set": {"slow": seconds}}, upsert=True)
