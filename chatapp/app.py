@@ -63,6 +63,7 @@ def make_app(
         (rf"/api/rooms/{ROOM}/read", rooms_api.ReadAPI),
         (r"/api/rooms", rooms_api.RoomsAPI),
         (r"/api/me/rooms", rooms_api.MyRoomsAPI),
+        (rf"/api/rooms/{ROOM}/moderation", roles_api.ModerationAPI),
         (r"/healthz", api.HealthAPI),
         # Anything else: a 404 in the contract's JSON shape under /api/, a page elsewhere,
         # both with the security headers (Tornado's own 404 handler has neither).

@@ -15,7 +15,7 @@ import json
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from chatapp import kinds, metrics
@@ -116,6 +116,8 @@ class MessageBuffer:
         self.touched = time.monotonic()
         # Presence and typing: not stored, delivered through the same waiters (signals.py).
         self.signals = RoomSignals(self.waiting)
+        # Told of every published batch before the waiters (moderation: Rooms sets it).
+        self.on_publish: Callable[[str, list[Entry]], None] | None = None
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Wake ``waiter`` with every batch published from now on, until removed."""
@@ -185,6 +187,10 @@ class MessageBuffer:
             # Senders stop typing, and a pending signal goes first: it happened before these.
             self.signals.before_events(e.event for e in new)
             # Copy: a long-poll waiter removes itself from the set while being woken.
+            if self.on_publish is not None:
+                # First: a kicked person's connections end with an error rather than a
+                # batch (a woken poll would answer 200 and be back at once).
+                self.on_publish(self.room, new)
             for waiter in list(self._waiters):
                 waiter.wake(new)
         return new

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatapp import kinds, metrics
+from chatapp import kinds, metrics, rules
 from chatapp.buffer import Entry, MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
@@ -29,13 +29,17 @@ from chatapp.limits import CappedPresence, ConnectionLimits
 from chatapp.markers import Markers
 from chatapp.membership import Membership
 from chatapp.mode import ClusterMode, LocalMode
+from chatapp.moderation import Moderation, not_moderator
 from chatapp.reading import HISTORY_DEFAULT, HISTORY_MAX, PollWaiter, Reader, View
 from chatapp.rooms import MAX_UPDATES, ROOM_IDLE_SECONDS, Rooms
 from chatapp.roster import LocalRoster, SharedRoster
 from chatapp.sending import Sender
 from chatapp.sessions import Session, Sessions
 from chatapp.signals import TYPING_SECONDS, Signals
-from chatapp.store import EventStore, StoreError
+from chatapp.store import EventStore, ModerationStore, StoreError
+
+if TYPE_CHECKING:
+    from chatapp.roles import Roles
 
 __all__ = ["HISTORY_DEFAULT", "HISTORY_MAX", "MAX_UPDATES", "Chat", "PollWaiter", "View"]
 
@@ -84,6 +88,10 @@ class Chat:
         self.signals = Signals(self._typed, self.sender.take_token, typing_seconds)
         self.markers = Markers(store, self.mode, self.open_room)
         self.membership.on_join = self.markers.joined
+        # Mutes, bans, slow mode: checked on every path, changed by every published event.
+        self.moderation = Moderation(ModerationStore(store), self.presence)
+        self.rooms.on_publish = self.moderation.published
+        self.membership.guard = self.sender.guard = self.moderation
         self._sweeper: asyncio.Task | None = None
 
     @property
@@ -188,6 +196,26 @@ class Chat:
         event (None when it changed nothing) and the message's reactions now.
         ``no_such_message``, ``deleted``, ``bad_emoji``."""
         return await self.sender.react(session, room, target, emoji, on, client_id)
+
+    async def moderate(
+        self, session: Session, room: str, fields: dict[str, Any], roles: Roles
+    ) -> dict[str, Any]:
+        """A moderation action (``chatapp.moderation``) by ``session``: the ``moderation``
+        event stored (after the delete event, for ``delete``). ``not_moderator``,
+        ``bad_moderation``, and the delete's errors."""
+        rules.check_room(room)
+        try:
+            if not await roles.may_moderate(session, room):
+                raise not_moderator()
+            doc = await self.moderation.prepare(session, room, fields)
+        except StoreError:
+            raise store_unavailable() from None
+        if doc["action"] == "delete":
+            await self.sender.delete(session, room, doc["target"], moderator=True)
+        await self.rooms.get(room)
+        appended = await self.rooms.writer(room).write(doc)
+        assert appended.event is not None  # a moderation event is always stored
+        return appended.event
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chatapp import metrics
 
 
@@ -17,6 +19,8 @@ class ChatError(Exception):
         self.code = code
         self.message = message
         self.status = status
+        # More fields of the answer, beside error and message (``seconds_left`` of a mute).
+        self.fields: dict[str, Any] = {}
         metrics.refused(code)
 
 

@@ -99,6 +99,20 @@ class ReactionEvent(TypedDict):
     on: bool
 
 
+class ModerationEvent(TypedDict, total=False):
+    id: str
+    room: str
+    type: Literal["moderation"]
+    nick: str  # the moderator
+    ts: float
+    action: str  # mute, unmute, kick, ban, unban, slow_mode, delete (chatapp.moderation)
+    subject: str  # the nickname acted on (mute ... unban)
+    until: float  # when a timed mute or ban ends; absent: for good, or not timed
+    seconds: int  # the mute's or ban's length, slow mode's interval
+    reason: str
+    target: str  # the message deleted (delete)
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -121,9 +135,13 @@ KINDS: dict[str, Kind] = {
         Kind("edit", EditEvent, ("target", "text", "mentions"), listed=False, targets=True,
              created_by="the message's sender (its session)"),
         Kind("delete", DeleteEvent, ("target",), listed=False, targets=True,
-             created_by="the message's sender; a moderator too, once moderation exists"),
+             created_by="the message's sender; or a moderator (moderation delete)"),
         Kind("reaction", ReactionEvent, ("target", "emoji", "on"), listed=False, targets=True,
              created_by="any session"),
+        Kind("moderation", ModerationEvent,
+             ("action", "subject", "until", "seconds", "reason", "target"), listed=True,
+             targets=False, created_by="the room's owner, a moderator or an admin "
+             "(chatapp.moderation)"),
     )
 }
 
@@ -188,10 +206,10 @@ def no_such_message() -> ChatError:
     return ChatError("no_such_message", "There is no such message in this room.", 404)
 
 
-def may_delete(actor_sid: str, target: Event) -> bool:
-    """Who may delete a message: its sender. The hook for moderation: a moderator of the room
-    (or an admin) may too, once roles exist."""
-    return target.get("sid") == actor_sid
+def may_delete(action: Event, target: Event) -> bool:
+    """Who may delete a message: its sender; and a moderator of the room (or its owner, or an
+    admin): ``chatapp.moderation`` checked the role and marked the action ``moderator``."""
+    return target.get("sid") == action["sid"] or action.get("moderator") is True
 
 
 def decide(action: Event, target: Event | None) -> Verdict:
@@ -209,7 +227,7 @@ def decide(action: Event, target: Event | None) -> Verdict:
     elif kind == "delete":
         if target.get("deleted"):
             return Verdict(already_deleted=True)
-        if not may_delete(action["sid"], target):
+        if not may_delete(action, target):
             return Verdict(refusal=ChatError(
                 "not_yours", "Only the sender of a message may delete it.", 403))
     elif kind == "reaction":

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatapp import metrics
 from chatapp.buffer import MessageBuffer
@@ -28,6 +28,9 @@ from chatapp.presence import Member, Presence
 from chatapp.rooms import Rooms
 from chatapp.sessions import Session, Sessions
 from chatapp.store import StoreError
+
+if TYPE_CHECKING:
+    from chatapp.moderation import Moderation
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class Membership:
         # Told of each session's first local connection to a room (read markers: "joined"),
         # with where the room's log ends then.
         self.on_join: Callable[[str, Session, str], None] | None = None
+        self.guard: Moderation | None = None  # bans (set by Chat)
 
     async def restore(self) -> None:
         """Bring back presence from before a restart: its members' leaves will be announced
@@ -68,6 +72,8 @@ class Membership:
         ``room``. Refuses it (``too_many_connections``) past the per-session or per-address
         cap. Every successful ``connect`` must be paired with one ``disconnect``. Not
         ``present``: counted against the caps, but no presence and no join."""
+        if self.guard is not None:
+            await self.guard.check_read(room, session, address)  # banned
         self.limits.acquire(session.sid, address)
         try:
             if present and isinstance(self.presence, CappedPresence):

@@ -81,6 +81,10 @@ class Presence:
         """Members per room (those in their grace period too, as ``nicks`` lists them)."""
         return {room: len(members) for room, members in self._rooms.items()}
 
+    def members(self, room: str) -> list[Member]:
+        """The room's members on this process (a copy), with their open connections."""
+        return list(self._rooms.get(room, {}).values())
+
     def has_members(self, room: str) -> bool:
         return room in self._rooms
 

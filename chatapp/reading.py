@@ -39,6 +39,7 @@ class PollWaiter:
         self.signals = signals
         # The room's version now (``RoomSignals.version``), set once parked.
         self.version: Callable[[], str] = lambda: ""
+        self.address = ""  # the client's, for a guest's ban by address (set by poll)
 
     def wake(self, entries: list[Entry]) -> None:
         if entries and entries[0].id <= self.cursor:
@@ -61,6 +62,11 @@ class PollWaiter:
 
     def session_ended(self) -> None:
         self.cancel()
+
+    def moderated(self, error: ChatError, code: int) -> None:
+        """Kicked or banned (``chatapp.moderation``): the poll answers ``error``."""
+        if not self._future.done():
+            self._future.set_exception(error)
 
     def shutdown(self) -> None:
         self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
@@ -173,6 +179,7 @@ class Reader:
         With ``signals`` (the client's signals version, "" to start) it also answers ([]) as
         soon as the room's presence or typing lists differ from that version."""
         waiter = PollWaiter(cursor, signals)
+        waiter.address = address
         if on_park is not None:
             on_park(waiter)
         buffer = await self.membership.connect(session, room, waiter, address, present)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from chatapp import metrics, rules
-from chatapp.buffer import MessageBuffer, Waiter
+from chatapp.buffer import Entry, MessageBuffer, Waiter
 from chatapp.errors import store_unavailable
 from chatapp.mode import LocalMode
 from chatapp.store import EventStore, StoreError
@@ -48,6 +48,8 @@ class Rooms:
         self._writers: dict[str, RoomWriter] = {}
         # Events the feed brought for rooms still loading: published once they are loaded.
         self._held: dict[str, list[dict[str, Any]]] = {}
+        # Told of every batch any room publishes, however it came (chatapp.moderation).
+        self.on_publish: Callable[[str, list[Entry]], None] | None = None
 
     async def get(self, name: str) -> MessageBuffer:
         """The room's buffer, loading its latest events from the store on first use."""
@@ -83,6 +85,7 @@ class Rooms:
             name, MessageBuffer(name, self.history_size, events, floor)
         )
         metrics.rooms_in_memory(len(self._rooms))
+        buffer.on_publish = self.on_publish
         buffer.publish(held)  # anything already in the tail is dropped by id
         self.presence_changed(name)
         return buffer

@@ -14,7 +14,7 @@ held from the shared check to the queue.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatapp import kinds, metrics, rules
 from chatapp.errors import ChatError
@@ -23,6 +23,9 @@ from chatapp.ratelimit import TokenBucket
 from chatapp.rooms import Rooms
 from chatapp.sessions import Session
 from chatapp.store import Appended
+
+if TYPE_CHECKING:
+    from chatapp.moderation import Moderation
 
 
 def too_fast() -> ChatError:
@@ -40,6 +43,7 @@ class Sender:
         self.mode = mode
         self.rate_limit = rate_limit
         self._buckets: dict[str, TokenBucket] = {}
+        self.guard: Moderation | None = None  # mutes, bans, slow mode (set by Chat)
 
     @metrics.timed(metrics.SEND_SECONDS)
     async def send(
@@ -73,7 +77,8 @@ class Sender:
         return _event(await self.write(session, room, doc))
 
     async def delete(
-        self, session: Session, room: str, target: Any, client_id: Any = None
+        self, session: Session, room: str, target: Any, client_id: Any = None,
+        moderator: bool = False,
     ) -> dict[str, Any]:
         """Delete message ``target`` (``kinds.may_delete``); the delete event, the first one
         again if it was deleted already. Without a ``client_id``, one made of the target:
@@ -83,6 +88,8 @@ class Sender:
         if client_id is None:
             client_id = f"delete-{target}"
         doc = self._doc(session, "delete", rules.check_client_id(client_id), target=target)
+        if moderator:  # the caller checked the role (kinds.may_delete)
+            doc["moderator"] = True
         return _event(await self.write(session, room, doc))
 
     async def react(
@@ -111,6 +118,8 @@ class Sender:
     async def write(self, session: Session, room: str, doc: dict[str, Any]) -> Appended:
         """Rate-limit, then store ``doc`` in ``room`` through its writer: what the store did
         with it. Raises its refusal (``kinds.decide``), if any."""
+        if self.guard is not None:
+            await self.guard.check_write(room, session, doc["type"])
         if not self._take_token(session.sid):
             raise too_fast()
         async with self.mode.send_turn(session.sid):

@@ -108,7 +108,7 @@
     var noticeTimer = null;
     var openedMarker = false;
     var leaving = false;     // Leave was clicked: its answer, not a closed socket, says where to go
-    var transport, outbox, view, older, composer, actions, presence, typing, unread, notify;
+    var transport, outbox, view, older, composer, actions, presence, typing, unread, notify, moderation;
 
     function notice(text) {
       if (!noticeEl) { return; }
@@ -156,6 +156,8 @@
         return;
       } else if (frame.error === "bad_cursor") {
         reloadPage();
+      } else if (moderation && moderation.refused(frame)) {
+        return;
       } else {
         notice(frame.message || frame.error || t("notice.server.error"));
       }
@@ -216,6 +218,7 @@
       acted: function (item, ev) { if (ev) { view.stray(ev); } },
       failed: function (item, message) {
         if (item.kind === "send") { view.failed(item, message); } else { actions.failed(item, message); }
+        moderation.failed(item.error, message);
       },
       stray: function (ev) { view.stray(ev); },
       sessionGone: goJoin,
@@ -249,6 +252,7 @@
     typing = chatapp.Typing(ctx, transport);
     unread = chatapp.Unread(ctx, view);
     notify = chatapp.Notify(ctx, { open: openMessage });
+    moderation = chatapp.Moderation(ctx, { notice: notice, stop: function () { transport.shutdown(); } });
 
     function restoreOutbox() {
       var saved = outbox.restore(), items, i, item;

@@ -109,6 +109,16 @@
     var params = { action: String(ev.action || ""), subject: String(ev.subject || "") };
     var key = "event.moderation." + params.action;
     var words = chatapp.STRINGS.hasOwnProperty(key) ? t(key, params) : t("event.moderation", params);
+    var secs = typeof ev.seconds === "number" ? ev.seconds : 0;
+    if (params.action === "slow_mode") {
+      words = secs > 0 ? t("event.moderation.slow.on", { n: secs }) : t("event.moderation.slow.off");
+    } else if (secs > 0 && (params.action === "mute" || params.action === "ban")) {
+      words += secs % 60 === 0 ? t("event.moderation.minutes", { n: secs / 60 }) :
+        t("event.moderation.seconds", { n: secs });
+    }
+    if (typeof ev.reason === "string" && ev.reason) {
+      words += t("event.moderation.reason", { reason: ev.reason });
+    }
     return noticeLine(ev, "is-moderation", words);
   }
 

@@ -77,6 +77,9 @@
             link.badCursor();
           } else if (status === 401) {
             link.sessionGone();
+          } else if (status === 403 && data && (data.error === "kicked" || data.error === "banned")) {
+            stop();
+            link.refused(data);   // put out of the room by a moderator (moderation.js)
           } else if (status === 0 && data && data.error === "timeout" && link.state() === "connected") {
             poll();   // no answer in time: ask again (a dead connection gets dropped this way)
           } else {

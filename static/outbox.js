@@ -137,6 +137,7 @@
         } else if (status === 0 || status >= 500 || code === "store_unavailable") {
           failedTransiently(item);
         } else {
+          item.error = code;
           fail(item, (data && data.message) || failureText(status));
         }
       });
@@ -197,6 +198,7 @@
       if (frame.error === "store_unavailable" || frame.error === "internal") {
         failedTransiently(item);
       } else {
+        item.error = frame.error;   // the refusal's code (moderation.js tells "muted" apart)
         fail(item, frame.message || frame.error);
       }
       return true;

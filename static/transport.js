@@ -373,6 +373,7 @@
       onTyping: hooks.onTyping,
       badCursor: hooks.badCursor,
       sessionGone: hooks.sessionGone,
+      refused: function (data) { hooks.onFrame(data); },
       state: function () { return state; },
       connecting: function () { setStatus("connecting", "longpoll"); },
       connected: function () {

@@ -34,8 +34,7 @@ async def poll_signals(
     client: Client, cursor: str | None, version: str, room: str = ROOM
 ) -> dict[str, Any]:
     """One long-poll asking for signals too; its answer (200 asserted)."""
-    query = {"signals": version, **({"cursor": cursor} if cursor is not None else {})}
-    code, body = await client.get_json(f"/api/rooms/{room}/updates?{urlencode(query)}")
+    code, body = await client.poll(room, cursor, signals=version)
     assert code == 200, (code, body)
     return body
 

@@ -199,11 +199,13 @@ class Client:
         )
 
     async def poll(
-        self, room: str, cursor: str | None = None, xsrf: bool = True
+        self, room: str, cursor: str | None = None, xsrf: bool = True,
+        signals: str | None = None,
     ) -> tuple[int, Any]:
         """A long-poll, with the XSRF token in ``X-XSRFToken`` as the page sends it (without
-        it the poll does not count as presence)."""
-        query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
+        it the poll does not count as presence); asking for signals too with ``signals``."""
+        params = {k: v for k, v in (("cursor", cursor), ("signals", signals)) if v is not None}
+        query = "?" + urlencode(params) if params else ""
         headers = {}
         if xsrf:
             if "_xsrf" not in self.cookies:

@@ -25,6 +25,8 @@ Collections, and the module that owns each:
 - ``accounts``: ``{_id: skeleton, cased, nick, hash, created}``; ``attempts``: counters of
   failed logins and of registrations. Both through ``AccountStore`` (``accounts.py``).
 - ``rooms``: a room's owner and moderators, through ``RoleStore`` (``roles.py``).
+- ``moderation``: a room's mutes, bans and slow mode, through ``ModerationStore``
+  (``moderation.py``).
 - ``members`` (cluster mode, ``presence.py``): presence, one document per (room, session);
   see ``join_member``.
 - ``send_buckets`` (cluster mode, ``ratelimit.py``): the send rate limit, one token bucket per
@@ -59,6 +61,7 @@ from chatapp.store.client import (
 )
 from chatapp.store.documents import Appended, to_event
 from chatapp.store.eventstore import EventStore
+from chatapp.store.moderation import ModerationStore
 from chatapp.store.registry import (
     create_server_index,
     live_servers,
@@ -72,7 +75,7 @@ from chatapp.store.search import SearchPage, SearchStore
 
 __all__ = [
     "END_TRANSACTION_SECONDS", "MAJORITY_READ", "MAJORITY_WRITE", "TRANSACTION_READ",
-    "AccountStore", "Appended", "EventStore", "RoleStore", "RoomStore", "SearchPage",
-    "SearchStore", "StoreError", "connect", "create_server_index", "live_servers",
+    "AccountStore", "Appended", "EventStore", "ModerationStore", "RoleStore", "RoomStore",
+    "SearchPage", "SearchStore", "StoreError", "connect", "create_server_index", "live_servers",
     "register_server", "remove_server", "renew_server", "to_event",
 ]

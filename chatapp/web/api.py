@@ -87,7 +87,7 @@ class MessagesAPI(JSONHandler):
     """``POST /api/rooms/<room>/messages``: send (or reply) over plain HTTP."""
 
     async def post(self, room: str) -> None:
-        session = await self.require_session()
+        session = await self.require_session_in(room)
         fields = self.body_fields()
         event = await self.chat.send(session, room, fields.get("text"), fields.get("client_id"),
                                      fields.get("reply_to"))
@@ -98,14 +98,14 @@ class MessageAPI(JSONHandler):
     """``PATCH`` (edit) and ``DELETE`` ``/api/rooms/<room>/messages/<id>``."""
 
     async def patch(self, room: str, target: str) -> None:
-        session = await self.require_session()
+        session = await self.require_session_in(room)
         fields = self.body_fields()
         event = await self.chat.edit(session, room, target, fields.get("text"),
                                      fields.get("client_id"))
         self.write_json({"event": event})
 
     async def delete(self, room: str, target: str) -> None:
-        session = await self.require_session()
+        session = await self.require_session_in(room)
         # A DELETE may carry no body: the client_id, if any, in one or in the query string.
         client_id = self.get_query_argument("client_id", None)
         if self.request.body:
@@ -118,7 +118,7 @@ class ReactionsAPI(JSONHandler):
     """``POST /api/rooms/<room>/messages/<id>/reactions`` ``{"emoji", "on", "client_id"}``."""
 
     async def post(self, room: str, target: str) -> None:
-        session = await self.require_session()
+        session = await self.require_session_in(room)
         fields = self.body_fields()
         event, reactions = await self.chat.react(
             session, room, target, fields.get("emoji"), _form_bool(fields.get("on")),
@@ -190,6 +190,8 @@ class HistoryAPI(JSONHandler):
     @gated  # a page of up to 200 events: built a few at a time, each address in turn
     async def get(self, room: str) -> None:
         rules.check_room(room)
+        await self.chat.moderation.check_read(
+            room, await self.current_session(), self.request.remote_ip or "")
         before = self.get_query_argument("before", None) or None
         limit = rules.check_limit(
             self.get_query_argument("limit", None), HISTORY_DEFAULT, HISTORY_MAX

@@ -110,6 +110,8 @@ class RoomPage(locale.LocaleMixin, BaseHandler):
         if session is None:
             self.redirect("/?" + urlencode({"room": room}))
             return
+        # Banned: a 403 page saying so and for how long (write_error), never the room.
+        await self.chat.moderation.check_read(room, session, self.request.remote_ip or "")
         # The messages in their current state, and the log's cursor when they were read: the
         # script resumes from there, so the actions already shown are not sent again.
         view = await self.chat.newcomer_view(room)
@@ -146,9 +148,13 @@ class RoomPage(locale.LocaleMixin, BaseHandler):
             self.set_status(status_code)
         _ = self.locale.translate
         message = _("Sorry: the chat is unavailable (%(status)d). Try again in a moment.")
+        message = message % {"status": status_code}
+        if isinstance(exc, ChatError) and exc.code == "banned":
+            message = exc.message  # why you may not see the room, and for how long
         self.finish(
             f'<!doctype html><html lang="{self.locale.code}"><title>chatapp</title>'
-            f"<p>{tornado.escape.xhtml_escape(message % {'status': status_code})}</p>"
+            f'<p id="refused" data-error="{exc.code if isinstance(exc, ChatError) else ""}">'
+            f"{tornado.escape.xhtml_escape(message)}</p>"
         )
 
 

@@ -1,4 +1,5 @@
-"""Room roles over HTTP: claim a room, add and remove its moderators, read who holds what."""
+"""Room roles over HTTP: claim a room, add and remove its moderators, read who holds what;
+and the moderation actions they allow (``chatapp.moderation``)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ class ModeratorsAPI(RolesHandler):
     async def delete(self, room: str, nick: str) -> None:
         session = await self.require_session()
         self.write_json(await self.roles.set_moderator(session, room, nick, False))
+
+
+class ModerationAPI(RolesHandler):
+    """``POST /api/rooms/<room>/moderation`` ``{"action", "subject", "seconds", "reason",
+    "target"}`` -> ``{"event"}``: by the owner, a moderator or an admin."""
+
+    async def post(self, room: str) -> None:
+        session = await self.require_session()
+        event = await self.chat.moderate(session, room, self.body_fields(), self.roles)
+        self.write_json({"event": event})

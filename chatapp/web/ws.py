@@ -116,6 +116,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             # and open() counts the connection and queues its join in the same step as the
             # handshake, so nothing sent once the socket is open is stored before that join.
             await self.chat.open_room(room, cursor)
+            await self.chat.moderation.check_read(room, session, self.request.remote_ip or "")
         except ChatError as exc:
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -258,6 +259,11 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     def session_ended(self) -> None:
         self.close(CLOSE_SESSION_ENDED, "session ended")
 
+    def moderated(self, error: ChatError, code: int) -> None:
+        """Kicked or banned (``chatapp.moderation``): say why, then close with ``code``."""
+        self._send_error(error)
+        self.close(code, error.code)
+
     def _write_entries(self, entries: list[Entry]) -> None:
         if not entries:
             return
@@ -341,8 +347,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         act = self._ACTIONS.get(kind) if isinstance(kind, str) else None
         if act is None:  # an unknown frame type, or not an object
             self._send_error(ChatError(
-                "bad_frame",
-                'Frames are {"type": "send" | "edit" | "delete" | "react" | "typing", ...}.'))
+                "bad_frame", 'Frames are {"type": "send" | "edit" | "delete" | "react" | '
+                '"moderate" | "typing", ...}.'))
             return
         asyncio.ensure_future(self._act(act, frame))
 
@@ -365,8 +371,13 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             f.get("client_id"))
         return {"event": event, "reactions": reactions}
 
+    async def _moderate(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"event": await self.chat.moderate(
+            self.session, self.room, f, self.settings["roles"])}
+
     _ACTIONS: ClassVar[dict[str, Action]] = {
         "send": _send, "edit": _edit, "delete": _delete, "react": _react,
+        "moderate": _moderate,
     }
 
     async def _act(
@@ -389,7 +400,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(exc)
 
     def _send_error(self, exc: ChatError, client_id: Any = None) -> None:
-        frame: dict[str, Any] = {"type": "error", "error": exc.code, "message": exc.message}
+        frame: dict[str, Any] = {**exc.fields, "type": "error", "error": exc.code,
+                                 "message": exc.message}
         if isinstance(client_id, str):
             frame["client_id"] = client_id
         self.write_frame(encode(frame))
