@@ -2,7 +2,8 @@
 (``GET /api/me/rooms``, with unread and mention counts).
 
 Whose marker: ``identity_of(session)``, the one place that decides. The account when logged
-in (accounts live on another branch: point this function at them), else the session.
+in (every device of it shares one marker per room, kept for good), else the session (kept
+while it lives). "Mine", for the unread count, follows the same identity (``is_mine``).
 
 Rules:
 
@@ -28,7 +29,7 @@ from typing import Any
 from chatapp import rules
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.mode import LocalMode
-from chatapp.rules import format_id, nick_key, parse_id
+from chatapp.rules import format_id, nick_key, nick_keys, parse_id
 from chatapp.sessions import Session
 from chatapp.store import EventStore, StoreError
 
@@ -45,9 +46,19 @@ DIRECTORY_MAX = 100
 
 
 def identity_of(session: Session) -> str:
-    """Whose read markers these are: the session's, until accounts are merged in (then the
-    account's id when the session is logged in)."""
+    """Whose read markers these are: a logged-in session's account (its id, the nickname's
+    skeleton, as ``accounts`` keys it), shared by all its devices; a guest's own session."""
+    if session.account:
+        return "account:" + nick_keys(session.nick).skeleton
     return session.sid
+
+
+def is_mine(message: dict[str, Any], session: Session) -> bool:
+    """Whether ``message`` was sent by this identity: by any device of the account (it owns
+    its nickname), or by this guest session."""
+    if session.account:
+        return nick_keys(message.get("nick", "")).skeleton == nick_keys(session.nick).skeleton
+    return message.get("sid") == session.sid
 
 
 class Markers:
@@ -99,8 +110,7 @@ class Markers:
             raise store_unavailable() from None
         out = []
         for (room, seq), after in zip(markers, counted):
-            # "Mine" by session: once accounts are merged, by the account events carry.
-            unread = [m for m in after if m.get("sid") != session.sid and not m.get("deleted")]
+            unread = [m for m in after if not is_mine(m, session) and not m.get("deleted")]
             mentions = sum(1 for m in unread
                            if any(nick_key(n) == key for n in m.get("mentions", ())))
             out.append({

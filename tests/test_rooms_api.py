@@ -14,6 +14,7 @@ from chatapp import markers
 from tests.aware import directory, mark_read, my_rooms
 from tests.harness import Client
 from tests.steps import ROOM, eventually, open_ws, post, start_polling, unique, user
+from tests.test_accounts import login, registered_user
 from tests.test_cluster import cluster
 
 
@@ -51,6 +52,25 @@ async def test_my_rooms_count_unread_messages_and_mentions_after_my_marker(serve
     assert (mine["unread"], mine["mentions"]) == (0, 0)
     assert ROOM not in await my_rooms(await user(srv, "cy"))  # cy never joined
     for c in (an, bo):
+        c.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_accounts_devices_share_one_read_marker_and_its_own_messages(servers):
+    srv = await servers.start()
+    phone = await registered_user(srv, "ann")
+    laptop, code, _ = await login(srv, "ann")
+    assert code == 200
+    bo = await user(srv, "bo")
+    await joined(phone)
+    await post(laptop, "sent from the laptop: mine on every device")
+    m2 = await post(bo, "hello ann")
+    mine = (await my_rooms(phone))[ROOM]
+    assert (mine["unread"], mine["last_id"]) == (1, m2["id"])
+    assert (await mark_read(laptop, m2["id"]))[0] == 204  # read on the laptop...
+    mine = (await my_rooms(phone))[ROOM]
+    assert (mine["read"], mine["unread"]) == (m2["id"], 0)  # ...is read on the phone
+    for c in (phone, laptop, bo):
         c.close()
 
 

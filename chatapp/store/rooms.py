@@ -110,7 +110,7 @@ class RoomStore:
         """Up to ``limit`` messages of ``room`` after ``seq``: sender, mentions, deleted."""
         rows = await self.events.find(
             {"room": room, "type": "message", "seq": {"$gt": seq}},
-            {"_id": 0, "sid": 1, "mentions": 1, "deleted": 1},
+            {"_id": 0, "sid": 1, "nick": 1, "mentions": 1, "deleted": 1},
         ).sort([("type", ASC), ("seq", ASC)]).limit(limit).to_list(limit)
         return list(rows)
 
