@@ -1,7 +1,5 @@
-"""The search box (static/search.js) in Chromium, as a person uses it.
-
-Until the room page carries it (one container and one script tag: see static/search.js),
-each test adds both to the page the way the template will, through the DOM.
+"""The search box (static/search.js) in Chromium, as a person uses it: the room page carries
+it (its container in the bar, search.js in the page's scripts).
 """
 
 from __future__ import annotations
@@ -11,21 +9,12 @@ from typing import Any
 from tests.e2e.conftest import AppServer, Person, unique
 
 # Playwright is imported lazily by the fixtures (the tests skip without it).
-WIRE_SEARCH = """() => {
-  var box = document.createElement('div');
-  box.id = 'search';
-  box.className = 'search';
-  document.querySelector('.bar-me').appendChild(box);
-  var script = document.createElement('script');
-  script.src = '/static/search.js';
-  document.head.appendChild(script);
-}"""
 
 
 def with_search(person: Person) -> Person:
+    """``person``, once the page's search box is ready."""
     from playwright.sync_api import expect
 
-    person.page.evaluate(WIRE_SEARCH)
     expect(person.page.get_by_role("button", name="Search")).to_be_visible()
     return person
 
