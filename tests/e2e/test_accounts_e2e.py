@@ -49,3 +49,24 @@ def test_register_then_log_in_on_a_second_browser(app_server: AppServer, people:
         person.wait_for_message("sent from my phone", timeout=WAIT_MS)
     line = maya.page.locator("#log li.msg", has_text="sent from my phone")
     expect(line.locator(".nick")).to_have_text(maya.nick)
+
+
+def test_the_nickname_panel_sits_under_the_people_list(app_server: AppServer, people: Any) -> None:
+    """On a wide screen "Your nickname" shares the people list's column instead of taking a
+    column of its own away from the conversation."""
+    from playwright.sync_api import expect
+
+    maya = people(app_server, "maya", unique("room"), viewport={"width": 1400, "height": 800})
+    maya.join()
+    page = maya.page
+    page.locator("#account summary").click()
+    expect(page.get_by_label("Password")).to_be_visible()
+    listing = page.locator("#people").bounding_box()
+    panel = page.locator("#account").bounding_box()
+    conversation = page.locator(".conversation").bounding_box()
+    assert listing and panel and conversation
+    assert abs(panel["x"] - listing["x"]) < 1 and abs(panel["width"] - listing["width"]) < 1
+    assert panel["y"] >= listing["y"] + listing["height"] - 1
+    assert panel["x"] >= conversation["x"] + conversation["width"] - 1
+    # Nothing but the two side columns is taken from the conversation's width.
+    assert conversation["width"] >= 1400 - 2 * listing["width"] - 20
