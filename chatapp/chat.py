@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatapp import kinds, metrics, rules
 from chatapp.buffer import Entry, MessageBuffer
-from chatapp.errors import store_unavailable
+from chatapp.errors import ChatError, store_unavailable
 from chatapp.feed import ChangeFeed
 from chatapp.limits import CappedPresence, ConnectionLimits
 from chatapp.markers import Markers
@@ -183,11 +183,27 @@ class Chat:
         return await self.sender.edit(session, room, target, text, client_id)
 
     async def delete(
-        self, session: Session, room: str, target: Any, client_id: Any = None
+        self, session: Session, room: str, target: Any, client_id: Any = None,
+        roles: Roles | None = None,
     ) -> dict[str, Any]:
         """Delete message ``target``: the delete event (the first one, if it was deleted
-        already). ``no_such_message``, ``not_yours``."""
-        return await self.sender.delete(session, room, target, client_id)
+        already). ``no_such_message``, ``not_yours``.
+
+        Someone else's message may be deleted by a moderator of the room (``roles`` says who
+        is one): that delete is the moderation action ``delete``, so the log says a
+        moderator did it, exactly as when it comes through the moderation endpoint.
+        """
+        try:
+            return await self.sender.delete(session, room, target, client_id)
+        except ChatError as exc:
+            if exc.code != "not_yours" or roles is None:
+                raise
+            if not await self._is_moderator(roles, session, room):
+                raise
+        event, _ = await self._moderate(
+            session, room, {"action": "delete", "target": target}, client_id)
+        assert event is not None
+        return event
 
     async def react(
         self, session: Session, room: str, target: Any, emoji: Any, on: Any, client_id: Any
@@ -204,18 +220,33 @@ class Chat:
         event stored (after the delete event, for ``delete``). ``not_moderator``,
         ``bad_moderation``, and the delete's errors."""
         rules.check_room(room)
+        if not await self._is_moderator(roles, session, room):
+            raise not_moderator()
+        return (await self._moderate(session, room, fields))[1]
+
+    async def _is_moderator(self, roles: Roles, session: Session, room: str) -> bool:
         try:
-            if not await roles.may_moderate(session, room):
-                raise not_moderator()
+            return await roles.may_moderate(session, room)
+        except StoreError:
+            raise store_unavailable() from None
+
+    async def _moderate(
+        self, session: Session, room: str, fields: dict[str, Any], client_id: Any = None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The moderation action ``fields`` by ``session``, whose role was checked: the
+        delete event (for ``delete``; else None) and the ``moderation`` event stored."""
+        try:
             doc = await self.moderation.prepare(session, room, fields)
         except StoreError:
             raise store_unavailable() from None
+        deleted = None
         if doc["action"] == "delete":
-            await self.sender.delete(session, room, doc["target"], moderator=True)
+            deleted = await self.sender.delete(session, room, doc["target"], client_id,
+                                               moderator=True)
         await self.rooms.get(room)
         appended = await self.rooms.writer(room).write(doc)
         assert appended.event is not None  # a moderation event is always stored
-        return appended.event
+        return deleted, appended.event
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -235,7 +235,8 @@ async def test_a_moderator_deletes_any_message_through_the_delete_path(servers):
     victim = await guest(srv, "vic")
     code, body = await say(victim, room, "rude words")
     target = body["event"]["id"]
-    response = await mod.request("DELETE", f"/api/rooms/{room}/messages/{target}")
+    bystander = await guest(srv, "by")
+    response = await bystander.request("DELETE", f"/api/rooms/{room}/messages/{target}")
     assert (response.code, json.loads(response.body)["error"]) == (403, "not_yours")
     code, body = await moderate(mod, room, action="delete", target=target, reason="rude")
     assert (code, body["event"]["target"]) == (200, target)
@@ -246,6 +247,28 @@ async def test_a_moderator_deletes_any_message_through_the_delete_path(servers):
     assert any(e["type"] == "moderation" and e["action"] == "delete" for e in body["events"])
     code, body = await moderate(mod, room, action="delete", target="9" * 20)
     assert code in (400, 404), body
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_moderators_plain_delete_is_a_moderation_delete(servers):
+    """The contract lets a moderator DELETE anyone's message; the log still says that a
+    moderator did it, as through the moderation endpoint."""
+    srv = await servers.start()
+    room, (_owner, mod) = await owned_room(srv, "mod")
+    victim = await guest(srv, "vic")
+    _, body = await say(victim, room, "rude words")
+    target = body["event"]["id"]
+    response = await mod.request("DELETE", f"/api/rooms/{room}/messages/{target}")
+    assert response.code == 200, response.body
+    deleted = json.loads(response.body)["event"]
+    assert (deleted["type"], deleted["target"]) == ("delete", target)
+    again = await mod.request("DELETE", f"/api/rooms/{room}/messages/{target}")
+    assert json.loads(again.body)["event"]["id"] == deleted["id"]  # idempotent
+    _, body = await victim.get_json(f"/api/rooms/{room}/history")
+    shown = {e["id"]: e for e in body["events"]}
+    assert shown[target]["deleted"] is True and "text" not in shown[target]
+    actions = [e for e in body["events"] if e["type"] == "moderation"]
+    assert [(e["action"], e["target"]) for e in actions] == [("delete", target)]
 
 
 @pytest.mark.gen_test(timeout=90)

@@ -110,7 +110,8 @@ class MessageAPI(JSONHandler):
         client_id = self.get_query_argument("client_id", None)
         if self.request.body:
             client_id = self.body_fields().get("client_id", client_id)
-        event = await self.chat.delete(session, room, target, client_id)
+        event = await self.chat.delete(session, room, target, client_id,
+                                       self.settings["roles"])
         self.write_json({"event": event})
 
 

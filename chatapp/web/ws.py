@@ -363,7 +363,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     async def _delete(self, f: dict[str, Any]) -> dict[str, Any]:
         return {"event": await self.chat.delete(
-            self.session, self.room, f.get("target"), f.get("client_id"))}
+            self.session, self.room, f.get("target"), f.get("client_id"),
+            self.settings["roles"])}
 
     async def _react(self, f: dict[str, Any]) -> dict[str, Any]:
         event, reactions = await self.chat.react(
