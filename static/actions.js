@@ -226,7 +226,8 @@
 
     function confirmDelete(li, from) {
       var msg = li.chatappMessage, box, no;
-      if (!msg || msg.deleted || msg.nick !== me) { return; }
+      if (!msg || msg.deleted) { return; }
+      if (msg.nick !== me && !c.hasClass(document.body, "may-moderate")) { return; }
       box = c.make("div", "confirm");
       box.setAttribute("role", "group");
       box.setAttribute("aria-label", t("delete.confirm"));

@@ -135,7 +135,7 @@
 
   // The toolbar every stored message carries; actions.js handles its clicks (one listener).
   function toolbar(msg, me) {
-    var bar = c.make("div", "actions");
+    var bar = c.make("div", "actions"), other;
     bar.setAttribute("role", "toolbar");
     bar.setAttribute("aria-label", t("action.toolbar", { nick: msg.nick }));
     bar.appendChild(actionButton("reply", t("action.reply"), t("action.reply.label", { nick: msg.nick })));
@@ -143,6 +143,13 @@
     if (msg.nick === me) {
       bar.appendChild(actionButton("edit", t("action.edit"), t("action.edit.label")));
       bar.appendChild(actionButton("delete", t("action.delete"), t("action.delete.label")));
+    } else {
+      // Shown only on a moderator's page (moderation.js sets body.may-moderate; chat.css
+      // hides it elsewhere): the server carries it out as the moderation delete.
+      other = actionButton("delete", t("action.delete"),
+        t("action.delete.moderator.label", { nick: msg.nick }));
+      c.addClass(other, "act-moderator");
+      bar.appendChild(other);
     }
     return bar;
   }

@@ -113,6 +113,7 @@
     "action.edit.label": tr("Edit your message"),
     "action.delete": tr("Delete"),
     "action.delete.label": tr("Delete your message"),
+    "action.delete.moderator.label": tr("Delete {nick}'s message (as a moderator)"),
     "picker.label": tr("Choose a reaction"),
     "picker.other": tr("Other emoji"),
     "picker.add": tr("Add"),

@@ -75,3 +75,41 @@ def test_an_owner_mutes_then_bans_and_the_victim_sees_why(
     response = bo.page.goto(f"{app_server.url}/r/{room}")
     assert response is not None and response.status == 403
     expect(bo.page.locator("#refused")).to_contain_text("banned")
+
+
+def test_a_moderator_deletes_someone_elses_message_from_its_toolbar(
+    app_server: AppServer, people: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    room = unique("room")
+    cy = people(app_server, "cy", room).join()
+    response = cy.context.request.post(
+        f"{app_server.url}/api/account", data={"password": PASSWORD}, headers=cy.xsrf_headers())
+    assert response.status == 201, response.text()
+    response = cy.context.request.post(
+        f"{app_server.url}/api/rooms/{room}/claim", data={}, headers=cy.xsrf_headers())
+    assert response.status == 200, response.text()
+    cy.page.reload()
+    cy.wait_connected()
+    bo = people(app_server, "bo", room).join()
+    dee = people(app_server, "dee", room).join()
+    bo.say("rude words")
+    for person in (cy, dee):
+        person.wait_for_message("rude words")
+
+    label = f"Delete {bo.nick}'s message (as a moderator)"
+    # Only the moderator's page offers it.
+    for person in (dee, bo):
+        message = person.page.locator("li.msg[data-id]", has_text="rude words")
+        message.hover()
+        expect(message.get_by_role("button", name=label)).to_have_count(0)
+    message = cy.page.locator("li.msg[data-id]", has_text="rude words")
+    message.hover()
+    message.get_by_role("button", name=label).click()
+    message.locator(".confirm").get_by_role("button", name="Delete").click()
+    for person in (cy, bo, dee):
+        gone = person.page.locator("li.msg.deleted")
+        expect(gone).to_have_count(1)
+        expect(person.page.locator("#log")).not_to_contain_text("rude words")
+        expect(person.page.locator("#log li.is-moderation").last).to_contain_text("deleted")
