@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -59,8 +60,8 @@ async def run(args: argparse.Namespace, env: cb.Environment) -> dict[str, Any]:
     t1, (s1, m1) = time.monotonic(), cpu(env)
     for i in range(0, args.ws, 50):  # 50 at a time: the server's accept queue
         socks += await asyncio.gather(*(
-            lc.open_websocket(lambda c=holders[k % len(holders)]: Idle(host, port, path, c),
-                              host, port)
+            lc.open_websocket(
+                functools.partial(Idle, host, port, path, holders[k % len(holders)]), host, port)
             for k in range(i, min(args.ws, i + 50))))  # type: ignore[misc]
     opened = time.monotonic() - t1
     s2, m2 = cpu(env)
