@@ -121,22 +121,12 @@ class SharedConnectionLimits(ConnectionLimits):
     Before its first refresh (at start, before it serves) a process counts alone.
     """
 
-    def __init__(
-        self,
-        per_session: int,
-        per_address: int,
-        store: EventStore,
-        me: str,
-        share_seconds: float = SHARE_SECONDS,
-        lease_seconds: float = LEASE_SECONDS,
-    ) -> None:
+    def __init__(self, per_session: int, per_address: int, store: EventStore, me: str) -> None:
         super().__init__(per_session, per_address)
         self.store, self.me = store, me
-        self.share_seconds, self.lease_seconds = share_seconds, lease_seconds
         self._processes = 1
         self._elsewhere: dict[str, int] = {}  # the others' counts, at the last refresh
         self._quota: dict[str, int] = {}  # this process's, of addresses it held then
-        self._refreshed: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _address_full(self, address: str) -> bool:
@@ -160,7 +150,7 @@ class SharedConnectionLimits(ConnectionLimits):
         counts = {a: n for a, n in self._addresses.items() if n >= least}
         try:
             self._processes, self._elsewhere = await self.store.share_connections(
-                self.me, counts, self.lease_seconds)
+                self.me, counts, LEASE_SECONDS)
         except StoreError as exc:
             log.warning("connection counts not shared, keeping the last quotas: %s", exc)
             return False
@@ -170,19 +160,10 @@ class SharedConnectionLimits(ConnectionLimits):
         self._quota = {a: self._share(n, self._elsewhere.get(a, 0))
                        for a, n in self._addresses.items()
                        if n >= least or a in self._elsewhere}
-        if self._refreshed is not None and not self._refreshed.done():
-            self._refreshed.set_result(None)
-        self._refreshed = None
         return True
 
-    def next_refresh(self) -> asyncio.Future[None]:
-        """Done at the end of the next successful refresh (tests: "the counts are shared")."""
-        if self._refreshed is None:
-            self._refreshed = asyncio.get_running_loop().create_future()
-        return self._refreshed
-
     async def start(self) -> None:
-        """The first refresh (before serving), then one every ``share_seconds``."""
+        """The first refresh (before serving), then one every ``SHARE_SECONDS``."""
         await self.refresh()
         if self._task is None and self.per_address:
             self._task = asyncio.ensure_future(self._refresh_forever())
@@ -202,7 +183,7 @@ class SharedConnectionLimits(ConnectionLimits):
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.share_seconds)
+            await asyncio.sleep(SHARE_SECONDS)  # read each time: a test may tune it
             try:
                 await self.refresh()
             except Exception:

@@ -3,18 +3,19 @@ address (``limits.SharedConnectionLimits``, counts shared every ``SHARE_SECONDS`
 sessions per address (a token bucket per address in MongoDB).
 
 Clients come from made-up addresses through ``X-Real-IP`` (the servers trust 127.0.0.1 as a
-proxy). Where a test needs every server to know what the others hold, it waits for each
-server's next refreshes (``next_refresh``), never a fixed time; the one timed wait is the
-killed process's lease, bounded by the time the docstring of ``limits`` states.
+proxy). In-process, the servers share their counts only when the test says so
+(``SHARE_SECONDS`` patched to an hour, then ``limits.refresh()``), so that what each knows is
+the test's choice, not the clock's. The real processes share every second as deployed; the
+one timed wait is the killed process's lease, bounded by the time ``limits`` states.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
+import chatapp.limits
 from chatapp.limits import LEASE_SECONDS, SHARE_SECONDS
 from tests.harness import WAIT_SECONDS, ChatServer, Client, Socket
 from tests.procs import AppProcess, running
@@ -38,11 +39,16 @@ async def connect_from(client: Client, address: str) -> Socket | None:
     return sock
 
 
+@pytest.fixture
+def by_hand(monkeypatch):
+    """In-process servers share their connection counts only in ``shared``."""
+    monkeypatch.setattr(chatapp.limits, "SHARE_SECONDS", 3600.0)
+
+
 async def shared(*servers: ChatServer) -> None:
-    """Every server has published what it holds now and read the others' since they did."""
-    for _ in range(2):
-        await asyncio.wait_for(
-            asyncio.gather(*(srv.chat.limits.next_refresh() for srv in servers)), WAIT_SECONDS)
+    """Every server has published what it holds now and read what all the others hold."""
+    for srv in (*servers, servers[0]):
+        assert await srv.chat.limits.refresh()
 
 
 async def new_session(srv: ChatServer, nick: str, address: str) -> tuple[int, dict]:
@@ -51,7 +57,9 @@ async def new_session(srv: ChatServer, nick: str, address: str) -> tuple[int, di
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_an_address_is_capped_across_two_servers_at_the_cap_not_twice_it(servers):
+async def test_an_address_is_capped_across_two_servers_at_the_cap_not_twice_it(
+    servers, by_hand
+):
     a, b = await cluster(servers, 2, max_connections_per_ip=4)
     await shared(a, b)  # each knows the other is there
     on_a, on_b = await user(a, "alice"), await user(b, "bob")
@@ -60,6 +68,8 @@ async def test_an_address_is_capped_across_two_servers_at_the_cap_not_twice_it(s
         sock = await connect_from(client, X)
         assert sock is not None
         held.append(sock)
+    # Before either knows of the other's two: each has had its share of the headroom, half.
+    assert await connect_from(on_a, X) is None
     await shared(a, b)
     # Two of X's on each server, under the cap alone; together at it: refused on both.
     for client in (on_a, on_b):
@@ -67,7 +77,7 @@ async def test_an_address_is_capped_across_two_servers_at_the_cap_not_twice_it(s
     # Another address is unaffected: it has all four of its own.
     others = [await connect_from(client, Y) for client in (on_a, on_b, on_a, on_b)]
     assert None not in others
-    # One of X's closes on A: room for one more, on either server; then none again.
+    # One of X's closes on A: room for one more, on the other server; then none again.
     held[0].close()
     await eventually(lambda: a.chat.limits.address_connections(X) == 1, "the socket released")
     await shared(a, b)
@@ -75,6 +85,11 @@ async def test_an_address_is_capped_across_two_servers_at_the_cap_not_twice_it(s
     await shared(a, b)
     assert await connect_from(on_a, X) is None
     assert await connect_from(on_b, X) is None
+    assert [srv.chat.limits.address_connections(X) for srv in (a, b)] == [1, 3]
+    # B stops cleanly: its connections stop counting at once, not when its lease would end.
+    await b.stop()
+    await shared(a)
+    assert await connect_from(on_a, X) is not None
 
 
 @pytest.mark.gen_test(timeout=60)
