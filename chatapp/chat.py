@@ -71,14 +71,16 @@ class Chat:
         self.rate_limit = rate_limit
         self.grace_period = grace_period
         self.store_timeout = store_timeout
-        self.sessions = Sessions(store, unused_session_ttl, new_sessions_per_ip)
         self.presence = CappedPresence(grace_period)  # rooms per session, joins' rate
-        self.limits = ConnectionLimits(max_connections_per_session, max_connections_per_ip)
         # Cluster mode: several processes on one replica set are one chat (see mode.py).
         self.mode: LocalMode = (
             ClusterMode(store, self.presence, grace_period, rate_limit, self) if cluster
             else LocalMode(store, self.presence, grace_period, rate_limit)
         )
+        self.sessions = Sessions(
+            store, unused_session_ttl, new_sessions_per_ip, self.mode.take_session_token)
+        self.limits: ConnectionLimits = self.mode.connection_limits(
+            max_connections_per_session, max_connections_per_ip)
         self.rooms = Rooms(store, self.mode, history_size, store_timeout)
         self.membership = Membership(
             self.rooms, self.mode, self.presence, self.sessions, self.limits, grace_period
@@ -116,7 +118,7 @@ class Chat:
         await self.membership.restore()
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
-        self.mode.start()
+        await self.mode.start()
 
     async def flush(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) until what every room has queued is stored or failed.

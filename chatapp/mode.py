@@ -12,6 +12,9 @@
   after one query of MongoDB per burst of changes;
 - the send rate limit (``send_turn``, ``take_shared_token``): one process's bucket is the
   whole truth, or a bucket per session in MongoDB holds it across every process;
+- the per-address caps: new sessions (``take_session_token``: this process's bucket, or also
+  a bucket per address in MongoDB) and open connections (``connection_limits``: this
+  process's count, or ``limits.SharedConnectionLimits``, counts shared every second);
 - how a typing signal reaches the room (``typing``): straight to this process's buffer, or
   through MongoDB (a capped ``signals`` collection the change feed follows) to every
   process's, this one's included, in the change stream's order with the events;
@@ -33,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from chatapp.buffer import MessageBuffer
 from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
+from chatapp.limits import ConnectionLimits, SharedConnectionLimits
 from chatapp.presence import Presence
 from chatapp.ratelimit import BURST_FACTOR, Turns
-from chatapp.roster import LocalRoster, SharedRoster
-from chatapp.store import EventStore, StoreError
+from chatapp.roster import LocalRoster, SharedRoster, process_id
+from chatapp.store import NEW_SESSION, SEND, EventStore, StoreError
 
 if TYPE_CHECKING:
     from chatapp.chat import Chat
@@ -64,7 +68,7 @@ class LocalMode:
         self.roster: LocalRoster | SharedRoster = LocalRoster(presence, store, grace_period)
         self.feed: ChangeFeed | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start what the mode runs in the background (nothing, in one process)."""
 
     async def stop(self) -> None:
@@ -82,6 +86,14 @@ class LocalMode:
 
     async def take_shared_token(self, sid: str) -> bool:
         """The rate limit beyond this process's own bucket: none."""
+        return True
+
+    def connection_limits(self, per_session: int, per_address: int) -> ConnectionLimits:
+        """The caps on open connections (0: no cap): this process's counts."""
+        return ConnectionLimits(per_session, per_address)
+
+    async def take_session_token(self, address: str, rate: float, capacity: float) -> bool:
+        """The new-session limit beyond this process's own bucket for ``address``: none."""
         return True
 
     def presence_changed(self, room: str, buffer: MessageBuffer) -> None:
@@ -104,8 +116,9 @@ class ClusterMode(LocalMode):
     """Several processes on one replica set are one chat: MongoDB is the bus.
 
     Events reach the buffers through the change feed (this process's own too), presence is
-    decided across processes (``roster.SharedRoster``), and the send rate limit is a bucket
-    per session in MongoDB.
+    decided across processes (``roster.SharedRoster``), the send rate limit is a bucket per
+    session in MongoDB, the new-session limit a bucket per address there, and connections
+    per address are counted across processes (``limits.SharedConnectionLimits``).
     """
 
     cluster = True
@@ -119,14 +132,31 @@ class ClusterMode(LocalMode):
         self.feed = ChangeFeed(store, chat)
         self._send_turns = Turns()
         self._presence_refresh: set[str] = set()
+        self._limits: SharedConnectionLimits | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         assert self.feed is not None
+        if self._limits is not None:
+            await self._limits.start()  # the others' counts known before serving
         self.feed.start()
 
     async def stop(self) -> None:
         assert self.feed is not None
         await self.feed.stop()
+        if self._limits is not None:
+            await self._limits.stop()
+
+    def connection_limits(self, per_session: int, per_address: int) -> ConnectionLimits:
+        self._limits = SharedConnectionLimits(per_session, per_address, self.store, process_id())
+        return self._limits
+
+    async def take_session_token(self, address: str, rate: float, capacity: float) -> bool:
+        # Like a send: this process's bucket refused a flood before this round trip. MongoDB
+        # unreachable refuses (503): the session could not be stored anyway.
+        try:
+            return await self.store.take_token(NEW_SESSION, address, rate, capacity)
+        except StoreError:
+            raise store_unavailable() from None
 
     def writer_hooks(self, buffer: MessageBuffer) -> tuple[Publish, Callable[[], str] | None]:
         # The feed publishes every stored event, ours included, in the change stream's order;
@@ -144,8 +174,8 @@ class ClusterMode(LocalMode):
         if self.rate_limit <= 0:
             return True
         try:
-            return await self.store.take_send_token(
-                sid, self.rate_limit, self.rate_limit * BURST_FACTOR
+            return await self.store.take_token(
+                SEND, sid, self.rate_limit, self.rate_limit * BURST_FACTOR
             )
         except StoreError:
             raise store_unavailable() from None

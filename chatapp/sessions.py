@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from chatapp import rules
@@ -52,11 +53,24 @@ class Session:
     account: bool = False
 
 
+# In a cluster, the new-session limit held across processes (``mode.take_session_token``):
+# (address, rate, capacity) -> whether a token was taken.
+SharedToken = Callable[[str, float, float], Awaitable[bool]]
+
+
+async def _no_shared_limit(address: str, rate: float, capacity: float) -> bool:
+    return True
+
+
 class Sessions:
-    def __init__(self, store: EventStore, unused_ttl: float, new_per_address: int = 0) -> None:
+    def __init__(
+        self, store: EventStore, unused_ttl: float, new_per_address: int = 0,
+        shared_token: SharedToken = _no_shared_limit,
+    ) -> None:
         self.store = store
         self.unused_ttl = unused_ttl
         self.new_per_address = new_per_address
+        self.shared_token = shared_token
         self._cache: dict[str, Session] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._prune_at = MIN_BUCKET_TABLE
@@ -66,7 +80,7 @@ class Sessions:
         session holds it, ``rate_limited`` past ``new_per_address`` sessions a minute from
         one address. Either error creates nothing."""
         nick = rules.check_nick(nick)
-        self._take_token(address)
+        await self._take_token(address)
         sid = secrets.token_urlsafe(18)
         key = rules.nick_keys(nick)
         # A session past its expiry no longer holds its nickname, even before a sweep ran. Forget
@@ -88,7 +102,7 @@ class Sessions:
     async def open_account_session(self, nick: str, account: str, address: str = "") -> Session:
         """A new device's session of ``account`` (its password checked by the caller);
         ``rate_limited`` like ``create``."""
-        self._take_token(address)
+        await self._take_token(address)
         session = Session(secrets.token_urlsafe(18), nick, account=True)
         await AccountStore(self.store).add_account_session(
             session.sid, nick, account, time.time() + ACCOUNT_SESSION_SECONDS
@@ -100,18 +114,20 @@ class Sessions:
         """``session`` changed kind (registered, or its account deleted): cache it so."""
         self._cache[session.sid] = session
 
-    def _take_token(self, address: str) -> None:
+    async def _take_token(self, address: str) -> None:
+        """This process's bucket for ``address`` (refusing a flood without a round trip),
+        then, in a cluster, the one every process shares."""
         if not self.new_per_address:
             return
+        rate = self.new_per_address / SESSION_LIMIT_WINDOW_SECONDS
         bucket = self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= self._prune_at:
                 self._buckets = {a: b for a, b in self._buckets.items() if not b.is_full()}
                 self._prune_at = max(MIN_BUCKET_TABLE, 2 * len(self._buckets))
-            bucket = self._buckets[address] = TokenBucket(
-                self.new_per_address / SESSION_LIMIT_WINDOW_SECONDS, self.new_per_address
-            )
-        if not bucket.take():
+            bucket = self._buckets[address] = TokenBucket(rate, self.new_per_address)
+        if not bucket.take() or not await self.shared_token(
+                address, rate, self.new_per_address):
             raise ChatError(
                 "rate_limited",
                 "Too many new nicknames from your address; try again in a minute.",

@@ -29,8 +29,10 @@ Collections, and the module that owns each:
   (``moderation.py``).
 - ``members`` (cluster mode, ``presence.py``): presence, one document per (room, session);
   see ``join_member``.
-- ``send_buckets`` (cluster mode, ``ratelimit.py``): the send rate limit, one token bucket per
-  session; see ``take_send_token``.
+- ``buckets`` (cluster mode, ``ratelimit.py``): the rate limits every process shares, one token
+  bucket per session (sends) and per address (new sessions); see ``take_token``.
+- ``address_counts`` (cluster mode, ``connections.py``): each live process's open connections
+  per address, as leases; see ``share_connections``.
 - ``reads`` (read markers) and ``signals`` (cluster typing): ``rooms.py``
   (``EventStore.rooms``), the part for rooms, markers and signals.
 - ``servers`` (``registry.py``): which servers use this database, and in which mode.
@@ -62,6 +64,7 @@ from chatapp.store.client import (
 from chatapp.store.documents import Appended, to_event
 from chatapp.store.eventstore import EventStore
 from chatapp.store.moderation import ModerationStore
+from chatapp.store.ratelimit import NEW_SESSION, SEND
 from chatapp.store.registry import (
     create_server_index,
     live_servers,
@@ -74,7 +77,8 @@ from chatapp.store.rooms import RoomStore
 from chatapp.store.search import SearchPage, SearchStore
 
 __all__ = [
-    "END_TRANSACTION_SECONDS", "MAJORITY_READ", "MAJORITY_WRITE", "TRANSACTION_READ",
+    "END_TRANSACTION_SECONDS", "MAJORITY_READ", "MAJORITY_WRITE", "NEW_SESSION", "SEND",
+    "TRANSACTION_READ",
     "AccountStore", "Appended", "EventStore", "ModerationStore", "RoleStore", "RoomStore",
     "SearchPage", "SearchStore", "StoreError", "connect", "create_server_index", "live_servers",
     "register_server", "remove_server", "renew_server", "to_event",

@@ -8,6 +8,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 
 from chatapp.store.accounts import AccountStore
 from chatapp.store.client import ASC, MAJORITY_READ
+from chatapp.store.connections import ConnectionCountsMixin
 from chatapp.store.events import EventsMixin
 from chatapp.store.feed import FeedMixin
 from chatapp.store.presence import PresenceMixin
@@ -17,7 +18,9 @@ from chatapp.store.search import SearchStore
 from chatapp.store.sessions import SessionsMixin
 
 
-class EventStore(EventsMixin, SessionsMixin, FeedMixin, RateLimitMixin, PresenceMixin):
+class EventStore(
+    EventsMixin, SessionsMixin, FeedMixin, RateLimitMixin, PresenceMixin, ConnectionCountsMixin
+):
     def __init__(self, client: AsyncIOMotorClient, db_name: str = "chatapp") -> None:
         self.client = client
         db = client[db_name]
@@ -29,8 +32,12 @@ class EventStore(EventsMixin, SessionsMixin, FeedMixin, RateLimitMixin, Presence
         self.sessions = db["sessions"]
         # Cluster presence: one document per (room, session), see presence.py.
         self.members = db["members"]
-        # Cluster rate limit: one token bucket per session, see ``take_send_token``.
-        self.send_buckets = db["send_buckets"]
+        # Cluster rate limits: token buckets per session (sends) and per address (new
+        # sessions), see ``take_token``.
+        self.buckets = db["buckets"]
+        # Cluster connection caps: each process's connections per address, see
+        # connections.py.
+        self.address_counts = db["address_counts"]
         # Read markers, the rooms directory, cluster signals (rooms.py).
         self.rooms = RoomStore(db)
         # Search: the index of message texts, and the upgrade's progress (search.py).
@@ -60,7 +67,10 @@ class EventStore(EventsMixin, SessionsMixin, FeedMixin, RateLimitMixin, Presence
         await self.members.create_index([("room", ASC), ("until_max", ASC)])
         await self.members.create_index("until_max")
         # A bucket nobody has drawn from since it refilled says nothing: MongoDB drops it.
-        await self.send_buckets.create_index("expire_at", expireAfterSeconds=0)
+        await self.buckets.create_index("expire_at", expireAfterSeconds=0)
+        # A dead process's counts stop counting at ``until`` (every read filters on it); this
+        # deletes them some time later.
+        await self.address_counts.create_index("until", expireAfterSeconds=0)
         await self.rooms.create_indexes()
         await self.search.create_indexes()
 

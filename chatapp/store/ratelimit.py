@@ -1,7 +1,9 @@
-"""Cluster mode: the send rate limit, one token bucket per session, shared by every process.
+"""Cluster mode: rate limits shared by every process, one token bucket per key.
 
-Collection ``send_buckets``: ``{_id: sid, tokens, stamp, ok, expire_at}``; a bucket nobody has
-drawn from since it refilled is dropped by MongoDB (TTL index on ``expire_at``).
+Collection ``buckets``: ``{_id: "<kind>\\0<key>", tokens, stamp, ok, expire_at}``, one rule for
+every kind: ``send`` (the send rate, keyed by session) and ``session`` (new sessions, keyed by
+client address). A bucket nobody has drawn from since it refilled is dropped by MongoDB (TTL
+index on ``expire_at``): a fresh bucket would be the same.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from typing import Any
 
 import pymongo
 
+# The kinds of bucket (the first part of ``_id``).
+SEND = "send"
+NEW_SESSION = "session"
+
 
 class RateLimitMixin:
-    """``EventStore``'s send buckets (``send_buckets``)."""
+    """``EventStore``'s shared token buckets (``buckets``)."""
 
-    send_buckets: Any
+    buckets: Any
 
-    async def take_send_token(self, sid: str, rate: float, capacity: float) -> bool:
-        """Take one token from the session's send bucket, shared by every process of the
-        cluster: True if there was one (the send may go ahead).
+    async def take_token(self, kind: str, key: str, rate: float, capacity: float) -> bool:
+        """Take one token from bucket ``key`` of ``kind`` (``SEND``, ``NEW_SESSION``), shared
+        by every process of the cluster: True if there was one (the action may go ahead).
 
         The bucket refills at ``rate`` tokens a second up to ``capacity``, on MongoDB's clock
         (``$$NOW``), so app machines whose clocks differ still agree. Refill, check and take
@@ -27,8 +33,9 @@ class RateLimitMixin:
         """
         now_ms = {"$toLong": "$$NOW"}
         refill_ms = capacity / rate * 1000
-        doc = await self.send_buckets.find_one_and_update(
-            {"_id": sid},
+        doc = await self.buckets.find_one_and_update(
+            # NUL occurs in neither a kind, a session id nor an address: the parts stay apart.
+            {"_id": f"{kind}\x00{key}"},
             [
                 {"$set": {
                     "tokens": {"$min": [capacity, {"$add": [
