@@ -91,7 +91,7 @@ class Chat:
         self.markers = Markers(store, self.mode, self.open_room)
         self.membership.on_join = self.markers.joined
         # Mutes, bans, slow mode: checked on every path, changed by every published event.
-        self.moderation = Moderation(ModerationStore(store), self.presence)
+        self.moderation = Moderation(ModerationStore(store), self.presence, self.mode.slow_turn)
         self.rooms.on_publish = self.moderation.published
         self.membership.guard = self.sender.guard = self.moderation
         self._sweeper: asyncio.Task | None = None

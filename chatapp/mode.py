@@ -38,9 +38,9 @@ from chatapp.errors import store_unavailable
 from chatapp.feed import ChangeFeed
 from chatapp.limits import ConnectionLimits, SharedConnectionLimits
 from chatapp.presence import Presence
-from chatapp.ratelimit import BURST_FACTOR, Turns
+from chatapp.ratelimit import BURST_FACTOR, SlowClock, Turns
 from chatapp.roster import LocalRoster, SharedRoster, process_id
-from chatapp.store import NEW_SESSION, SEND, EventStore, StoreError
+from chatapp.store import NEW_SESSION, SEND, SLOW_MODE, EventStore, StoreError
 
 if TYPE_CHECKING:
     from chatapp.chat import Chat
@@ -67,6 +67,7 @@ class LocalMode:
         self.rate_limit = rate_limit
         self.roster: LocalRoster | SharedRoster = LocalRoster(presence, store, grace_period)
         self.feed: ChangeFeed | None = None
+        self._slow = SlowClock()
 
     async def start(self) -> None:
         """Start what the mode runs in the background (nothing, in one process)."""
@@ -95,6 +96,11 @@ class LocalMode:
     async def take_session_token(self, address: str, rate: float, capacity: float) -> bool:
         """The new-session limit beyond this process's own bucket for ``address``: none."""
         return True
+
+    async def slow_turn(self, room: str, person: str, seconds: float) -> float | None:
+        """Slow mode: None if ``person`` (a nickname skeleton) may send in ``room`` now,
+        else the seconds left. This process's clock."""
+        return self._slow.take(room, person, seconds)
 
     def presence_changed(self, room: str, buffer: MessageBuffer) -> None:
         """Tell the room's WebSockets the new list of nicknames."""
@@ -149,6 +155,15 @@ class ClusterMode(LocalMode):
     def connection_limits(self, per_session: int, per_address: int) -> ConnectionLimits:
         self._limits = SharedConnectionLimits(per_session, per_address, self.store, process_id())
         return self._limits
+
+    async def slow_turn(self, room: str, person: str, seconds: float) -> float | None:
+        # One clock for the cluster: a bucket of one token that refills in ``seconds``, so a
+        # person whose sends reach two processes still gets one message per interval.
+        try:
+            return await self.store.take_token_or_wait(
+                SLOW_MODE, f"{room}\x00{person}", 1 / seconds, 1)
+        except StoreError:
+            raise store_unavailable() from None
 
     async def take_session_token(self, address: str, rate: float, capacity: float) -> bool:
         # Like a send: this process's bucket refused a flood before this round trip. MongoDB

@@ -25,7 +25,8 @@ Rules:
   ``CLOSE_KICKED`` / ``CLOSE_BANNED``; a parked long-poll answers ``403 kicked`` /
   ``banned``. A kicked person may come back at once.
 - Slow mode: one message per ``seconds`` per person (``429 slow_mode`` with the time left);
-  0 ends it. Counted per process (a person whose sends reach two processes gets one each).
+  0 ends it. The clock is the mode's (``slow_turn``): this process's, or in a cluster one
+  bucket per person in MongoDB, so sends that reach two processes still get one per interval.
 
 Where it holds: every process keeps a small state per room (``RoomRules``), loaded from
 MongoDB on first use and changed by ``published``, which the room's buffer calls with every
@@ -44,7 +45,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,10 @@ from chatapp.sessions import Session
 from chatapp.store import ModerationStore, StoreError
 
 log = logging.getLogger(__name__)
+
+# ``mode.LocalMode.slow_turn``: (room, nickname skeleton, seconds) -> None if the person may
+# send now, else the seconds left.
+SlowTurn = Callable[[str, str, float], Awaitable[float | None]]
 
 ACTIONS = ("mute", "unmute", "kick", "ban", "unban", "slow_mode", "delete")
 # Actions on a person (a ``subject``); slow_mode and delete act on the room and a message.
@@ -77,7 +82,7 @@ ADDRESSES_KEPT = 4
 ADDRESS_BOOK_PEOPLE = 10_000
 # Rooms whose state is kept in memory: every room read is checked, so without a cap every
 # room ever asked for would stay. One dropped is loaded again (one query) when next asked
-# for; only its slow-mode clock is lost (a person may send one message early).
+# for.
 CACHED_ROOMS = 10_000
 
 
@@ -88,7 +93,6 @@ class RoomRules:
     mutes: list[dict[str, Any]] = field(default_factory=list)
     bans: list[dict[str, Any]] = field(default_factory=list)
     slow: float = 0.0
-    last_sent: dict[str, float] = field(default_factory=dict)  # skeleton -> when (slow mode)
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> RoomRules:
@@ -156,9 +160,10 @@ def _bad(message: str) -> ChatError:
 class Moderation:
     """This process's moderation states, the checks every path makes, and the actions."""
 
-    def __init__(self, store: ModerationStore, presence: Presence) -> None:
+    def __init__(self, store: ModerationStore, presence: Presence, slow_turn: SlowTurn) -> None:
         self.store = store
         self.presence = presence
+        self.slow_turn = slow_turn
         self._rooms: dict[str, RoomRules] = {}
         self._events: dict[str, int] = {}  # moderation events seen per room (the trap)
         self._addresses: dict[tuple[str, str], list[str]] = {}  # (room, skeleton) -> latest
@@ -211,17 +216,13 @@ class Moderation:
         if left is not None:
             raise muted(left)
         if kind == "message" and state.slow > 0:
-            last = state.last_sent.get(keys.skeleton, 0.0)
-            if now - last < state.slow:
-                wait = math.ceil(state.slow - (now - last))
+            left = await self.slow_turn(room, keys.skeleton, state.slow)
+            if left is not None:
+                wait = max(1, math.ceil(left))
                 error = ChatError("slow_mode", f"Slow mode: one message every {state.slow:g} "
                                   f"seconds; wait {wait} more.", 429)
                 error.fields["seconds_left"] = wait
                 raise error
-            state.last_sent[keys.skeleton] = now
-            if len(state.last_sent) > ADDRESS_BOOK_PEOPLE:
-                state.last_sent = {k: t for k, t in state.last_sent.items()
-                                   if now - t < state.slow}
 
     def _remember(self, room: str, skeleton: str, address: str) -> None:
         kept = self._addresses.pop((room, skeleton), [])

@@ -1,4 +1,5 @@
-"""Token buckets: the per-session send rate limit and the per-address new-session limit."""
+"""Token buckets: the per-session send rate limit and the per-address new-session limit; and
+one process's slow-mode clock (``SlowClock``)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,31 @@ class Turns:
             mine.set_result(None)
             if self._last.get(key) is mine:
                 del self._last[key]
+
+
+# People whose latest message a process remembers for slow mode: beyond this, those whose
+# interval is over are forgotten (they may send anyway), so a crowd cannot grow it for good.
+SLOW_PEOPLE_KEPT = 10_000
+
+
+class SlowClock:
+    """Slow mode on one process: when each person last sent in each room.
+
+    ``take(room, person, seconds)``: None if the person may send now (and the clock starts
+    again), else the seconds left. A cluster shares this clock through MongoDB instead
+    (``mode.ClusterMode.slow_turn``).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+
+    def take(self, room: str, person: str, seconds: float) -> float | None:
+        now = time.monotonic()
+        last = self._last.get((room, person))
+        if last is not None and now - last < seconds:
+            return seconds - (now - last)
+        self._last[(room, person)] = now
+        if len(self._last) > SLOW_PEOPLE_KEPT:
+            # The longest slow mode allowed (moderation.MAX_SLOW_SECONDS) is an hour.
+            self._last = {k: t for k, t in self._last.items() if now - t < 3600}
+        return None

@@ -272,6 +272,28 @@ async def test_a_moderators_plain_delete_is_a_moderation_delete(servers):
 
 
 @pytest.mark.gen_test(timeout=90)
+async def test_slow_mode_holds_across_cluster_processes(servers):
+    """A person whose sends reach two processes (round robin, two tabs) still gets one
+    message per interval, not one on each."""
+    a, b = await cluster(servers, 2)
+    room, (owner,) = await owned_room(a)
+    an_a = await guest(a, "an")
+    an_b = AtAddress(b.url, an_a.ip)
+    an_b.cookies = dict(an_a.cookies)
+    bo_b = await guest(b, "bo")
+    code, body = await moderate(owner, room, action="slow_mode", seconds=120)
+    assert code == 200, body
+    assert (await say(an_a, room, "first"))[0] == 200
+    code, body = await say(an_b, room, "second, through the other process")
+    assert (code, body["error"]) == (429, "slow_mode"), body
+    assert 110 <= body["seconds_left"] <= 120
+    assert (await say(bo_b, room, "someone else"))[0] == 200  # per person
+    _, body = await bo_b.get_json(f"/api/rooms/{room}/history")
+    texts = [e.get("text") for e in body["events"] if e["type"] == "message"]
+    assert "second, through the other process" not in texts
+
+
+@pytest.mark.gen_test(timeout=90)
 async def test_a_ban_holds_on_both_cluster_processes_and_across_a_restart(servers):
     a, b = await cluster(servers, 2)
     room, (owner,) = await owned_room(a)

@@ -64,7 +64,7 @@ from chatapp.store.client import (
 from chatapp.store.documents import Appended, to_event
 from chatapp.store.eventstore import EventStore
 from chatapp.store.moderation import ModerationStore
-from chatapp.store.ratelimit import NEW_SESSION, SEND
+from chatapp.store.ratelimit import NEW_SESSION, SEND, SLOW_MODE
 from chatapp.store.registry import (
     create_server_index,
     live_servers,
@@ -77,7 +77,7 @@ from chatapp.store.rooms import RoomStore
 from chatapp.store.search import SearchPage, SearchStore
 
 __all__ = [
-    "END_TRANSACTION_SECONDS", "MAJORITY_READ", "MAJORITY_WRITE", "NEW_SESSION", "SEND",
+    "END_TRANSACTION_SECONDS", "MAJORITY_READ", "MAJORITY_WRITE", "NEW_SESSION", "SEND", "SLOW_MODE",
     "TRANSACTION_READ",
     "AccountStore", "Appended", "EventStore", "ModerationStore", "RoleStore", "RoomStore",
     "SearchPage", "SearchStore", "StoreError", "connect", "create_server_index", "live_servers",

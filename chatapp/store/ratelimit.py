@@ -1,8 +1,9 @@
 """Cluster mode: rate limits shared by every process, one token bucket per key.
 
 Collection ``buckets``: ``{_id: "<kind>\\0<key>", tokens, stamp, ok, expire_at}``, one rule for
-every kind: ``send`` (the send rate, keyed by session) and ``session`` (new sessions, keyed by
-client address). A bucket nobody has drawn from since it refilled is dropped by MongoDB (TTL
+every kind: ``send`` (the send rate, keyed by session), ``session`` (new sessions, keyed by
+client address) and ``slow`` (a room's slow mode: a bucket of one token per person, keyed by
+room and nickname skeleton). A bucket nobody has drawn from since it refilled is dropped by MongoDB (TTL
 index on ``expire_at``): a fresh bucket would be the same.
 """
 
@@ -15,6 +16,7 @@ import pymongo
 # The kinds of bucket (the first part of ``_id``).
 SEND = "send"
 NEW_SESSION = "session"
+SLOW_MODE = "slow"
 
 
 class RateLimitMixin:
@@ -23,8 +25,16 @@ class RateLimitMixin:
     buckets: Any
 
     async def take_token(self, kind: str, key: str, rate: float, capacity: float) -> bool:
-        """Take one token from bucket ``key`` of ``kind`` (``SEND``, ``NEW_SESSION``), shared
-        by every process of the cluster: True if there was one (the action may go ahead).
+        """Take one token from bucket ``key`` of ``kind`` (``SEND``, ``NEW_SESSION``,
+        ``SLOW_MODE``), shared by every process of the cluster: True if there was one (the
+        action may go ahead). ``take_token_or_wait`` says how long until there is one."""
+        return await self.take_token_or_wait(kind, key, rate, capacity) is None
+
+    async def take_token_or_wait(
+        self, kind: str, key: str, rate: float, capacity: float
+    ) -> float | None:
+        """Take one token from bucket ``key`` of ``kind``: None if there was one, else the
+        seconds until there will be.
 
         The bucket refills at ``rate`` tokens a second up to ``capacity``, on MongoDB's clock
         (``$$NOW``), so app machines whose clocks differ still agree. Refill, check and take
@@ -46,7 +56,8 @@ class RateLimitMixin:
                     ]}]},
                     "stamp": now_ms,
                 }},
-                {"$set": {"ok": {"$gte": ["$tokens", 1]}}},
+                {"$set": {"ok": {"$gte": ["$tokens", 1]}, "wait_ms": {"$divide": [
+                    {"$subtract": [1, "$tokens"]}, rate / 1000]}}},
                 {"$set": {
                     "tokens": {"$cond": ["$ok", {"$subtract": ["$tokens", 1]}, "$tokens"]},
                     # Full again by then: a fresh bucket would be the same.
@@ -54,7 +65,7 @@ class RateLimitMixin:
                 }},
             ],
             upsert=True,
-            projection={"ok": 1},
+            projection={"ok": 1, "wait_ms": 1},
             return_document=pymongo.ReturnDocument.AFTER,
         )
-        return bool(doc["ok"])
+        return None if doc["ok"] else max(0.0, float(doc["wait_ms"]) / 1000)
