@@ -87,15 +87,18 @@ class Variant:
         self.appends: list[float] = []
         self.trips: list[float] = []
         self.trips_per_append: list[int] = []
+        self.steps: dict[str, list[float]] = {}
         self.store = EventStore(client, db.name) if shape == "store" else None
         self.n = 0
 
-    async def timed(self, op: Awaitable[Any]) -> Any:
+    async def timed(self, step: str, op: Awaitable[Any]) -> Any:
         start = time.perf_counter()
         try:
             return await op
         finally:
-            self.trips.append(time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self.trips.append(took)
+            self.steps.setdefault(step, []).append(took)
 
     def doc(self) -> dict[str, Any]:
         self.n += 1
@@ -114,7 +117,7 @@ class Variant:
             seq = int(result.event["id"])
         elif self.shape == "insert":
             row = dict(doc, room=self.room, seq=self.n, **search.index_fields(doc))
-            await self.timed(self.db.plain.insert_one(row))
+            await self.timed("insert", self.db.plain.insert_one(row))
             seq = self.n
         else:
             seq = await self.transaction(doc)
@@ -137,19 +140,16 @@ class Variant:
                 if self.shape == "before":
                     query = {"room": self.room, "cid": {"$in": [doc["cid"]]},
                              "sid": {"$in": [doc["sid"]]}}
-                    found = await self.timed(events.find(query, session=session).to_list(None))
+                    found = await self.timed("read", events.find(query, session=session).to_list(None))
                     assert not found
-                counter = await self.timed(counters.find_one_and_update(
+                counter = await self.timed("counter", counters.find_one_and_update(
                     {"_id": self.room}, {"$inc": {"seq": 1}}, upsert=True,
                     return_document=pymongo.ReturnDocument.AFTER, session=session))
                 row = dict(doc, room=self.room, seq=counter["seq"], **search.index_fields(doc))
-                await self.timed(events.insert_many([row], ordered=True, session=session))
-                await self.timed(session.commit_transaction())
+                await self.timed("insert", events.insert_many([row], ordered=True, session=session))
+                await self.timed("commit", session.commit_transaction())
         finally:
-            if self.driver == "motor":
-                await session.end_session()
-            else:
-                await session.end_session()
+            await session.end_session()
         return int(counter["seq"])
 
     def report(self) -> dict[str, Any]:
@@ -159,6 +159,7 @@ class Variant:
             "append": summary(self.appends),
             "round_trip": summary(self.trips),
             "round_trips_per_append": (round(sum(trips) / len(trips), 2) if trips else None),
+            "steps": {step: summary(took) for step, took in self.steps.items()},
         }
 
 
@@ -197,6 +198,7 @@ async def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             v.appends.clear()
             v.trips.clear()
             v.trips_per_append.clear()
+            v.steps.clear()
         bad = 0
         done = 0
         while done < args.appends:
@@ -228,6 +230,14 @@ def render(result: dict[str, Any]) -> str:
                 else "(inside the store)")
         lines.append(f"| {v['variant']} | {a['p50_ms']} / {a['p99_ms']} / {a['mean_ms']} "
                      f"| {trip} | {v['round_trips_per_append'] or '-'} |")
+    lines += ["", "Each round trip, p50 / p99 (ms):", "",
+              "| variant | read | counter | insert | commit |", "| --- | --- | --- | --- | --- |"]
+    for v in result["variants"]:
+        if not v["steps"]:
+            continue
+        cells = [(f"{v['steps'][s]['p50_ms']} / {v['steps'][s]['p99_ms']}" if s in v["steps"]
+                  else "-") for s in ("read", "counter", "insert", "commit")]
+        lines.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -31,11 +31,13 @@ from chatapp.store.actions import TargetsMixin
 from chatapp.store.client import (
     ASC,
     DESC,
+    END_TRANSACTION_SECONDS,
     MAJORITY_WRITE,
     TRANSACTION_READ,
     _end_failed_transaction,
 )
 from chatapp.store.documents import Appended, to_event
+from chatapp.store.orphans import OrphanSessions, may_be_left_open
 
 # After a write conflict on a room's counter, a retry waits up to this long (at random).
 CONFLICT_BACKOFF_SECONDS = 0.02
@@ -50,6 +52,7 @@ class EventsMixin(TargetsMixin):
     client: AsyncIOMotorClient
     events_majority: Any
     counters: Any
+    _orphans: OrphanSessions | None = None  # made by the first append
 
     # -- events -------------------------------------------------------------------------------
 
@@ -125,44 +128,64 @@ class EventsMixin(TargetsMixin):
         # reading which of its client_ids are stored; the unique index on (room, sid, cid)
         # refuses a repeat, and only then is the batch tried again, reading first.
         read_first = False
-        async with await self.client.start_session() as session:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:  # (pymongo.timeout(0) would mean "no limit at all")
-                    raise ExecutionTimeout("no time left to store the batch")
-                # No max_commit_time_ms: under pymongo.timeout the driver ignores it and
-                # sends the budget left as the commit's maxTimeMS, which bounds it anyway.
-                session.start_transaction(
-                    read_concern=TRANSACTION_READ, write_concern=MAJORITY_WRITE
-                )
-                results: list[Appended] = []
-                committing = False
-                try:
-                    with pymongo.timeout(left):
-                        results = await transaction(session, read_first)
-                        committing = True
-                        await session.commit_transaction()
-                    return results
-                except BaseException as exc:
-                    # Outside the expired budget: see END_TRANSACTION_SECONDS.
-                    if await _end_failed_transaction(session, committing, exc):
-                        return results  # the commit went through when tried again
-                    # A repeated client_id, refused by the unique index (the transaction is
-                    # aborted: nothing of it stays): again, reading what is stored first.
-                    if not read_first and _refused_as_repeat(exc):
-                        read_first = True
-                        continue
-                    # A write conflict on the room's counter (another writer committed
-                    # first): try again against the new counter, in the time left.
-                    if (isinstance(exc, PyMongoError)
-                            and exc.has_error_label("TransientTransactionError")
-                            and time.monotonic() < deadline):
-                        # A short random pause: writers colliding on one counter would
-                        # otherwise collide again at once, and spin while a dead
-                        # process's transaction still holds it.
-                        await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS))
-                        continue
-                    raise
+        if self._orphans is None:
+            self._orphans = OrphanSessions()
+        await self._orphans.end(self.client, min(END_TRANSACTION_SECONDS, limit))
+        left_open = False  # the last attempt may have left its transaction on the server
+        session_id = None
+        try:
+            async with await self.client.start_session() as session:
+                # (Motor's stubs declare the ``session_id`` property as a method.)
+                session_id = dict(session.session_id)  # type: ignore[call-overload]
+                return await self._attempts(session, transaction, deadline, read_first)
+        except BaseException as exc:
+            left_open = may_be_left_open(exc)
+            raise
+        finally:
+            if left_open and session_id is not None:
+                self._orphans.remember(session_id)
+
+    async def _attempts(
+        self, session: Any, transaction: Any, deadline: float, read_first: bool
+    ) -> list[Appended]:
+        """``append``'s attempts at ``transaction``, in ``session``, until ``deadline``."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:  # (pymongo.timeout(0) would mean "no limit at all")
+                raise ExecutionTimeout("no time left to store the batch")
+            # No max_commit_time_ms: under pymongo.timeout the driver ignores it and
+            # sends the budget left as the commit's maxTimeMS, which bounds it anyway.
+            session.start_transaction(
+                read_concern=TRANSACTION_READ, write_concern=MAJORITY_WRITE
+            )
+            results: list[Appended] = []
+            committing = False
+            try:
+                with pymongo.timeout(left):
+                    results = await transaction(session, read_first)
+                    committing = True
+                    await session.commit_transaction()
+                return results
+            except BaseException as exc:
+                # Outside the expired budget: see END_TRANSACTION_SECONDS.
+                if await _end_failed_transaction(session, committing, exc):
+                    return results  # the commit went through when tried again
+                # A repeated client_id, refused by the unique index (the transaction is
+                # aborted: nothing of it stays): again, reading what is stored first.
+                if not read_first and _refused_as_repeat(exc):
+                    read_first = True
+                    continue
+                # A write conflict on the room's counter (another writer committed
+                # first): try again against the new counter, in the time left.
+                if (isinstance(exc, PyMongoError)
+                        and exc.has_error_label("TransientTransactionError")
+                        and time.monotonic() < deadline):
+                    # A short random pause: writers colliding on one counter would
+                    # otherwise collide again at once, and spin while a dead
+                    # process's transaction still holds it.
+                    await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_SECONDS))
+                    continue
+                raise
 
     async def _read_batch(
         self, room: str, docs: list[dict[str, Any]], session: Any
