@@ -320,12 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=100, help="text bytes (100)")
     p.add_argument("--procs", type=int, default=1, help="receiver processes (1)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the run (120)")
+    p.add_argument("--app-dir", default="", metavar="DIR",
+                   help="run the chatapp package in DIR (another commit, to compare)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     ours = p.parse_args(argv)
     # chatbench's own options, for its environment (embedded MongoDB, the app, the caps
     # lifted), with ours where they mean the same.
     args = cb.parse_args(["--ws", str(ours.ws), "--polls", "0", "--quiet",
-                          "--timeout", str(ours.timeout)])
+                          "--timeout", str(ours.timeout), "--app-dir", ours.app_dir])
     for name in ("messages", "rate", "actions_every", "size", "procs"):
         setattr(args, name, getattr(ours, name))
     lc.raise_nofile_limit()
