@@ -63,9 +63,10 @@ RESOLVE_RETRY_SECONDS = 0.5
 # loaded machine getting round to the answer.
 APPEND_GRACE_SECONDS = END_TRANSACTION_SECONDS + 0.5
 # A batch is never started with less time than this (or a quarter of the senders' timeout,
-# if that is smaller: a tiny --mongo_timeout still gets tries). A batch is four round trips
-# (the client_ids, the counter, the insert, the commit) and the commit waits for a majority
-# to journal it: 5-10 ms on a healthy set, tens of ms on a loaded machine. Given less, it
+# if that is smaller: a tiny --mongo_timeout still gets tries). A batch is three round trips
+# (the counter, the insert, the commit; one more to read client_ids or targets when it must:
+# ``EventStore.append``) and the commit waits for a majority to journal it: 5-10 ms on a
+# healthy set, tens of ms on a loaded machine. Given less, it
 # mostly fails part way, and failing part way is what costs: an abort, a read-back holding
 # the room. Sends with less time left have waited most of their time already (a failover):
 # they are answered store_unavailable at once, never tried; the client retries.

@@ -29,22 +29,20 @@ class TargetsMixin:
     # concurrent transactions commit it (the other retries from a fresh read).
 
     async def _decide_on_targets(
-        self, room: str, docs: list[dict[str, Any]], session: Any
+        self, room: str, docs: list[dict[str, Any]], targets: dict[int, dict[str, Any]],
+        session: Any,
     ) -> _TargetChanges:
         """Which of ``docs`` (new, in order) are stored, and what they change: replies get
         their preview, actions their verdict (``kinds.decide``), each against the state the
-        actions before it in the batch left."""
+        actions before it in the batch left.
+
+        ``targets``: the stored messages (by seq) that ``docs`` target, read in this
+        transaction (``append`` reads them with its client_ids, in one query); updated here
+        as the batch's actions change them."""
         changes = _TargetChanges()
-        wanted = {parse_id(d[f]) for d in docs for f in ("target", "reply_to") if d.get(f)}
-        if not wanted:
+        if not any(d.get("target") or d.get("reply_to") for d in docs):
             changes.accepted = docs
             return changes
-        targets = {
-            row["seq"]: row
-            async for row in self.events.find(
-                {"room": room, "seq": {"$in": sorted(wanted)}}, session=session
-            )
-        }
         first_delete: dict[str, dict[str, Any]] = {}  # target -> this batch's delete of it
         for doc in docs:
             if doc.get("reply_to"):
