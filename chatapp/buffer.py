@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import bisect
 import json
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from chatapp import kinds, metrics
+from chatapp.frames import deflate_frames, payloads, websocket_text_frame, window_for
 from chatapp.signals import PRESENCE_COALESCE_SECONDS, RoomSignals
 
-__all__ = ["PRESENCE_COALESCE_SECONDS", "Batch", "Entry", "MessageBuffer", "Waiter"]
+__all__ = [
+    "PRESENCE_COALESCE_SECONDS", "Batch", "Entry", "MessageBuffer", "Waiter",
+    "websocket_text_frame",
+]
 
 
 def encode(obj: Any) -> str:
@@ -50,30 +53,36 @@ class Entry:
         self.wire = websocket_text_frame(self.frame.encode())
 
 
-def websocket_text_frame(payload: bytes) -> bytes:
-    """A final, unmasked, uncompressed RFC 6455 text frame: what a server sends."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
-
-
 class Batch(list):
     """Entries published together. The joined encodings are computed once, on first use, and
-    shared by every waiter woken with this batch."""
+    shared by every waiter woken with this batch; so are its compressed frames, once per
+    distinct (window, takeover) a socket agreed to (``chatapp.frames``)."""
 
     _wire: bytes | None = None
     _json: str | None = None
+    _deflated: dict[tuple[int, bool], bytes] | None = None
+    _size = 0
 
     @property
     def wire(self) -> bytes:
         if self._wire is None:
             self._wire = b"".join(e.wire for e in self)
         return self._wire
+
+    def deflated(self, window_limit: int, takeover: bool) -> bytes:
+        """The batch as compressed frames for a socket that agreed to windows of at most
+        ``window_limit`` bits, and to context takeover or not: one deflate per distinct pair,
+        whatever the number of sockets (this runs once per socket: the key is cheap). Written
+        whole: its messages may share a window."""
+        if self._deflated is None:
+            self._deflated = {}
+            self._size = len(self.wire)
+        key = (window_for(self._size, window_limit), takeover and len(self) > 1)
+        wire = self._deflated.get(key)
+        if wire is None:
+            wire = self._deflated[key] = deflate_frames(
+                [p for e in self for p in payloads(e.wire)], *key)
+        return wire
 
     @property
     def json_array(self) -> str:
