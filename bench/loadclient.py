@@ -681,9 +681,11 @@ class WSReceiver(WebSocketProtocol):
 
     def feed_deflated(self, buf: bytes, now: float) -> None:
         """``feed`` once compression is agreed: the run of complete final text frames at the
-        start of ``buf`` is inflated frame by frame (in order: messages written together may
-        share the window), then counted as one run of texts."""
+        start of ``buf``, inflated in one call per stretch of compressed frames (each payload
+        with its 4 bytes put back is the deflate stream continued: the connection's one
+        window, in order), then counted as one run of texts."""
         texts: list[bytes] = []
+        deflated: list[bytes] = []
         pos, end = 0, len(buf)
         while end - pos >= 2:
             b0, n = buf[pos], buf[pos + 1]
@@ -698,19 +700,25 @@ class WSReceiver(WebSocketProtocol):
             stop = pos + head + n
             if stop > end:
                 break
-            payload = buf[pos + head:stop]
-            texts.append(self.inflate.decompress(payload + SYNC_TAIL) if b0 == 0xC1 else payload)
+            if b0 == 0xC1:
+                deflated += (buf[pos + head:stop], SYNC_TAIL)
+            else:
+                if deflated:
+                    texts.append(self.inflate.decompress(b"".join(deflated)))
+                    deflated = []
+                texts.append(buf[pos + head:stop])
             pos = stop
+        if deflated:
+            texts.append(self.inflate.decompress(b"".join(deflated)))
         if texts:
             joined = b"".join(texts)
-            self.count_run(joined, len(joined), now, texts)
+            self.count_run(joined, len(joined), now, joined=True)
         if pos < end:
             super().feed(buf[pos:] if pos else buf, now)
 
-    def count_run(self, buf: bytes, stop: int, now: float,
-                  texts: list[bytes] | None = None) -> None:
-        """Count the message events in ``buf[:stop]``, a run of complete text frames (or, with
-        ``texts``, those texts joined)."""
+    def count_run(self, buf: bytes, stop: int, now: float, joined: bool = False) -> None:
+        """Count the message events in ``buf[:stop]``, a run of complete text frames (or, if
+        ``joined``, of their texts put end to end)."""
         n = buf.count(MESSAGE_MARK, 0, stop)
         if not n:
             for match in ERROR_RE.finditer(buf, 0, stop):
@@ -718,9 +726,12 @@ class WSReceiver(WebSocketProtocol):
             return
         ids = MESSAGE_ID_RE.findall(buf, 0, stop)
         if len(ids) != n:  # an unexpected layout: frame by frame
-            if texts is not None:
-                for text in texts:
-                    self.on_text(text, now)
+            if joined:  # JSON texts end to end: read one after another
+                decoder, text, pos = json.JSONDecoder(), buf[:stop].decode(), 0
+                while pos < len(text):
+                    _, end = decoder.raw_decode(text, pos)
+                    self.on_text(text[pos:end].encode(), now)
+                    pos = end
             else:
                 super().feed(buf[:stop], now)
             return

@@ -62,6 +62,9 @@ class Batch(list):
     _json: str | None = None
     _deflated: dict[tuple[int, bool], bytes] | None = None
     _size = 0
+    # The last socket's parameters and their frames: sockets agreeing to the same parameters
+    # share one Deflate object (chatapp.web.deflate), so most lookups are one identity test.
+    _last: tuple[Deflate, bytes] | None = None
 
     @property
     def wire(self) -> bytes:
@@ -69,19 +72,22 @@ class Batch(list):
             self._wire = b"".join(e.wire for e in self)
         return self._wire
 
-    def deflated(self, window_limit: int, takeover: bool) -> bytes:
-        """The batch as compressed frames for a socket that agreed to windows of at most
-        ``window_limit`` bits, and to context takeover or not: one deflate per distinct pair,
-        whatever the number of sockets (this runs once per socket: the key is cheap). Written
-        whole: its messages may share a window."""
+    def deflated(self, params: Deflate) -> bytes:
+        """The batch as compressed frames for a socket that agreed to ``params``: one deflate
+        per distinct (window, takeover), whatever the number of sockets (this runs once per
+        socket: it must be cheap). Written whole: its messages may share a window."""
+        last = self._last
+        if last is not None and last[0] is params:
+            return last[1]
         if self._deflated is None:
             self._deflated = {}
             self._size = len(self.wire)
-        key = (window_for(self._size, window_limit), takeover and len(self) > 1)
+        key = (window_for(self._size, params.window_bits), params.takeover and len(self) > 1)
         wire = self._deflated.get(key)
         if wire is None:
             wire = self._deflated[key] = deflate_frames(
                 [p for e in self for p in payloads(e.wire)], *key)
+        self._last = (params, wire)
         return wire
 
     @property
@@ -90,6 +96,18 @@ class Batch(list):
         if self._json is None:
             self._json = ",".join(e.json for e in self)
         return self._json
+
+
+class Deflate(Protocol):
+    """What a socket agreed to in its permessage-deflate handshake (chatapp.web.deflate)."""
+
+    @property
+    def window_bits(self) -> int:
+        """The most window bits its messages may use."""
+
+    @property
+    def takeover(self) -> bool:
+        """Whether messages written together may share one window."""
 
 
 class Waiter(Protocol):

@@ -118,7 +118,13 @@ def _accept(params: list[str]) -> Agreed | None:
     if not takeover:
         header.append("server_no_context_takeover")
     header.append("client_no_context_takeover")
-    return Agreed(bits, takeover, "; ".join(header))
+    agreed = Agreed(bits, takeover, "; ".join(header))
+    return _agreements.setdefault(agreed, agreed)
+
+
+# One Agreed object per distinct agreement (at most 7 windows x 2): a Batch recognises the
+# parameters of the socket before by identity (Batch.deflated).
+_agreements: dict[Agreed, Agreed] = {}
 
 
 # -- server -> client ---------------------------------------------------------------------------
@@ -127,11 +133,10 @@ def _accept(params: list[str]) -> Agreed | None:
 def frames_for(entries: list[Entry], agreed: Agreed | None) -> bytes:
     """``entries`` as this socket takes them, to write in one piece: a published Batch's
     shared bytes (compressed once per parameter set), or compressed for this socket alone."""
-    if agreed is None:
-        return entries.wire if isinstance(entries, Batch) else b"".join(e.wire for e in entries)
-    if isinstance(entries, Batch):
-        return entries.deflated(agreed.window_bits, agreed.takeover)
-    return deflate_run(b"".join(e.wire for e in entries), agreed)
+    if isinstance(entries, Batch):  # the live path: one delivery, this is its cost
+        return entries.wire if agreed is None else entries.deflated(agreed)
+    wire = b"".join(e.wire for e in entries)
+    return wire if agreed is None else deflate_run(wire, agreed)
 
 
 def deflate_run(wire: bytes, agreed: Agreed) -> bytes:
