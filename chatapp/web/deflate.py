@@ -60,9 +60,14 @@ WINDOW_BITS_VALUE = re.compile(r"(?:8|9|1[0-5])\Z")
 # Close codes: RFC 6455 7.4.1, 1007 "invalid frame payload data" (not a deflate stream),
 # 1009 "message too big" (as Tornado closes a frame over websocket_max_message_size).
 CLOSE_NOT_DEFLATE, CLOSE_TOO_BIG = 1007, 1009
-# The shared frames of signals (presence, typing) are the same bytes object for every socket of
-# a room in one pass: the compressed copies of the last few are kept, keyed by that object.
-RECENT_SHARED = 16
+# Runs compressed for one socket are often wanted by the next: every newcomer to a room gets the
+# same latest events until the next one is published, clients reconnecting after a restart
+# resume from nearly the same cursor, and a signal's frames are one bytes object handed to every
+# socket of the room. The last few runs are kept, keyed by the identity of what they were made
+# from (held meanwhile, so no other object can take that id): at 16 runs of at most a backlog
+# chunk (ws.MAX_PENDING_OUTPUT / 2 plain) each, ~11 MB at worst, ~0.5 MB for typical rooms.
+# Without it, each connect compressed its 100 latest events again: ~2 ms of CPU per connect.
+RECENT_RUNS = 16
 
 
 class Agreed(NamedTuple):
@@ -132,11 +137,15 @@ _agreements: dict[Agreed, Agreed] = {}
 
 def frames_for(entries: list[Entry], agreed: Agreed | None) -> bytes:
     """``entries`` as this socket takes them, to write in one piece: a published Batch's
-    shared bytes (compressed once per parameter set), or compressed for this socket alone."""
+    shared bytes (compressed once per parameter set), or a run compressed for this socket
+    (or for the last one that was sent the same entries)."""
     if isinstance(entries, Batch):  # the live path: one delivery, this is its cost
         return entries.wire if agreed is None else entries.deflated(agreed)
-    wire = b"".join(e.wire for e in entries)
-    return wire if agreed is None else deflate_run(wire, agreed)
+    if agreed is None:
+        return b"".join(e.wire for e in entries)
+    key = (agreed, *map(id, entries))
+    return _recent_run(key, entries, lambda: deflate_run(b"".join(e.wire for e in entries),
+                                                         agreed))
 
 
 def deflate_run(wire: bytes, agreed: Agreed) -> bytes:
@@ -146,21 +155,25 @@ def deflate_run(wire: bytes, agreed: Agreed) -> bytes:
                           agreed.takeover)
 
 
-_recent: OrderedDict[tuple[int, int, bool], tuple[bytes, bytes]] = OrderedDict()
-
-
 def shared(wire: bytes, agreed: Agreed | None) -> bytes:
     """Frames handed to every socket as one bytes object (signals), compressed once per
-    parameter set while that object is among the last RECENT_SHARED ones."""
+    parameter set while that object is among the recent runs."""
     if agreed is None or not wire:
         return wire
-    key = (id(wire), agreed.window_bits, agreed.takeover)
+    return _recent_run((agreed, id(wire)), wire, lambda: deflate_run(wire, agreed))
+
+
+_recent: OrderedDict[tuple[object, ...], tuple[object, bytes]] = OrderedDict()
+
+
+def _recent_run(key: tuple[object, ...], source: object, make: Callable[[], bytes]) -> bytes:
     hit = _recent.get(key)
-    if hit is not None and hit[0] is wire:
+    if hit is not None:
+        _recent.move_to_end(key)
         return hit[1]
-    out = deflate_run(wire, agreed)
-    _recent[key] = (wire, out)  # holding ``wire`` keeps its id from being reused meanwhile
-    if len(_recent) > RECENT_SHARED:
+    out = make()
+    _recent[key] = (source, out)  # ``source`` held: the ids in ``key`` stay its own
+    if len(_recent) > RECENT_RUNS:
         _recent.popitem(last=False)
     return out
 
@@ -174,10 +187,15 @@ class Inflater:
     ``count()`` is the socket's frame budget (False: over it, and the socket is being closed);
     ``close(code, reason)`` closes the socket. A refused message comes out as ``b""``, and
     ``verdict()`` tells ``on_message`` that it was counted already and must be dropped.
+    It also carries what the socket agreed to (``agreed``): one object per socket, and small
+    (slots), since every idle socket holds it.
     """
 
-    def __init__(self, max_size: int, count: Callable[[], bool],
+    __slots__ = ("_close", "_count", "_verdict", "agreed", "max_size", "refused")
+
+    def __init__(self, agreed: Agreed, max_size: int, count: Callable[[], bool],
                  close: Callable[[int, str], None]) -> None:
+        self.agreed = agreed
         self.max_size = max_size
         self._count, self._close = count, close
         self._verdict: bool | None = None

@@ -94,8 +94,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     buffer: MessageBuffer | None = None
     closed = False
     frames: TokenBucket | None = None
-    agreed: deflate.Agreed | None = None  # permessage-deflate, if the handshake agreed to it
-    inflater: deflate.Inflater | None = None
+    inflater: deflate.Inflater | None = None  # permessage-deflate, if the handshake agreed
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
@@ -142,11 +141,16 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         offers = ",".join(self.request.headers.get_list("Sec-WebSocket-Extensions"))
         agreed = deflate.negotiate(offers) if self.settings.get("ws_compression", True) else None
         if protocol is not None and agreed is not None:
-            inflater = deflate.Inflater(self.max_message_size, self._frame_allowed, self.close)
+            inflater = deflate.Inflater(agreed, self.max_message_size, self._frame_allowed,
+                                        self.close)
             if deflate.install(protocol, inflater):
-                self.agreed, self.inflater = agreed, inflater
+                self.inflater = inflater
                 self.set_header("Sec-WebSocket-Extensions", agreed.header)
         return protocol
+
+    @property
+    def agreed(self) -> deflate.Agreed | None:
+        return self.inflater.agreed if self.inflater is not None else None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's own refusals before get() runs (a room name that is not UTF-8) in the
