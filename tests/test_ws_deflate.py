@@ -217,3 +217,35 @@ async def test_a_compressed_send_from_a_raw_client_is_stored_and_acked(servers):
             break
     assert message["client_id"] == "c1" and message["event"]["text"] == "<b>squeezed</b>"
     sock.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_compressed_frames_count_once_each_against_the_frame_budget(servers):
+    srv = await servers.start(rate_limit=1)  # frames: 4 a second, 8 at once
+    bob = await user(srv, "bob")
+    sock = await RawSocket.open(bob, ROOM, "permessage-deflate")
+    inflate = zlib.decompressobj(-15)
+
+    async def until(kind: str) -> dict:
+        while True:
+            frame = await sock.frame()
+            if frame.opcode == 8:
+                return {"type": "close", "code": int.from_bytes(frame.payload[:2], "big")}
+            payload = inflate.decompress(frame.payload + SYNC_TAIL) if frame.compressed else \
+                frame.payload
+            message = json.loads(payload)
+            if message["type"] in (kind, "error") and message.get("error") != "bad_frame":
+                return message
+
+    # Six refused frames and a send: seven of the eight allowed at once, if each counts once.
+    for _ in range(6):
+        sock.send(deflate(b"not json"), compressed=True)
+    sock.send(deflate(json.dumps({"type": "send", "text": "hi", "client_id": "c1"}).encode()),
+              compressed=True)
+    assert (await until("ack"))["client_id"] == "c1"
+    # Far past it: told, then closed, as plain frames are.
+    for _ in range(20):
+        sock.send(deflate(b"not json"), compressed=True)
+    assert (await until("none"))["error"] == "flooding"
+    assert (await until("none")) == {"type": "close", "code": 1008}
+    sock.close()
