@@ -30,9 +30,10 @@ TEXT, TEXT_DEFLATED = 0x81, 0xC1
 # RFC 7692 7.2.1: a message's compressed data ends with a sync flush, whose last 4 bytes (an
 # empty stored block) are dropped on the wire; the receiver appends them before inflating.
 SYNC_TAIL = b"\x00\x00\xff\xff"
-# zlib level 6 (its default): on chat events, levels 1..9 save 69..73 % over a backlog; 6 is
-# within a point of 9 at half its time. Each run is compressed once for every socket.
-LEVEL = 6
+# zlib level 1: on chat events over a backlog it saves ~68 % where 6 (zlib's default) saves
+# ~71 %, in about half the time (bench/deflatecost.py). A run is compressed in one go on the
+# event loop (a resumed backlog: up to rooms.MAX_UPDATES events, a few ms), so time counts.
+LEVEL = 1
 # Raw deflate accepts windows of 2^9..2^15 bytes (zlib refuses 2^8 for raw streams, so an offer
 # of server_max_window_bits=8 is declined: chatapp.web.deflate).
 MIN_WINDOW_BITS, MAX_WINDOW_BITS = 9, 15
