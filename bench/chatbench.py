@@ -20,6 +20,8 @@ Scenarios (--scenario):
   history  --history-events messages are stored, then --requests sequential requests of
            GET .../history?limit=100, and as many with before=<a random id>: latency.
   idle     --ws WebSockets are opened and closed: server RSS per connection, open rate.
+  resume   a client resumes --messages missed events, plain and with permessage-deflate:
+           bytes on the wire (bench/resumebench.py).
 
 Standard library only (plus chatapp.mongod for the embedded MongoDB). Linux (/proc).
 """
@@ -48,6 +50,7 @@ from urllib.parse import urlsplit
 
 import loadclient as lc
 import procstat
+import resumebench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -85,6 +88,8 @@ examples:
   python bench/chatbench.py --scenario parked --polls 10000 --procs 2
   python bench/chatbench.py --scenario idle --ws 5000
   python bench/chatbench.py --scenario history --history-events 1000 --requests 1000
+  python bench/chatbench.py --scenario resume --messages 500
+  python bench/chatbench.py --ws 500 --messages 1000 --rate 0 --ws-compression
   python bench/chatbench.py --url http://127.0.0.1:8888 --server-pid 1234 --ws 500
 
 Each client connection costs one file descriptor in its load-client process and one in the
@@ -539,7 +544,7 @@ class Bench:
                 "ws_first_index": ws_index, "poll_first_index": poll_index,
                 "poll_cursor": poll_cursor, "messages": messages,
                 "sample_every": sample_every, "stop_at_target": stop_at_target,
-                "concurrency": concurrency,
+                "concurrency": concurrency, "ws_compression": self.args.ws_compression,
             })  # fmt: skip
             ws_index += len(ws_parts[w])
             poll_index += len(poll_parts[w])
@@ -914,6 +919,8 @@ class Bench:
             return await self.fanout(parked=True)
         if scenario == "history":
             return await self.history()
+        if scenario == "resume":
+            return await resumebench.resume(self)
         return await self.idle()
 
 
@@ -934,7 +941,9 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
         rows.append((name, str(value)))
 
     sc = args.scenario
-    if sc in ("fanout", "parked"):
+    if sc == "resume":
+        rows.extend(resumebench.render(r))
+    elif sc in ("fanout", "parked"):
         s = r["sent"]
         rate = "flat out" if sc == "parked" or not args.rate else f"{args.rate:g}/s"
         add("clients", f"{args.ws} WebSocket + {args.polls} long-poll in {args.procs} "
@@ -1053,6 +1062,8 @@ def ok(args: argparse.Namespace, r: dict[str, Any]) -> bool:
         return not any(pr.values()) and not r.get("timed_out")
     if args.scenario == "history":
         return all(r[k]["bad_answers"] == 0 for k in ("latest", "before") if k in r)
+    if args.scenario == "resume":
+        return not any(r["problems"].values())
     return True
 
 
@@ -1066,7 +1077,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", choices=("fanout", "parked", "history", "idle"),
+    p.add_argument("--scenario", choices=("fanout", "parked", "history", "idle", "resume"),
                    default="fanout", help="what to measure (default: fanout)")
     p.add_argument("--ws", type=int, default=None,
                    help="WebSocket receivers (default: 100, or 0 with --polls; idle: 1000; "
@@ -1087,6 +1098,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=10,
                    help="parse JSON and measure latency on every Nth connection (default: 10;"
                         " 1 for latency runs)")
+    p.add_argument("--ws-compression", action="store_true",
+                   help="receivers offer permessage-deflate, as browsers do (default: off)")
     p.add_argument("--concurrency", type=int, default=0,
                    help="connections opening at once per process (default: 96 / --procs)")
     p.add_argument("--history-events", type=int, default=1000,
@@ -1119,7 +1132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the temporary directory (server log, MongoDB data)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
-    defaults = {"fanout": (100, 0), "parked": (0, 1000), "history": (0, 0), "idle": (1000, 0)}
+    defaults = {"fanout": (100, 0), "parked": (0, 1000), "history": (0, 0), "idle": (1000, 0),
+                "resume": (0, 0)}
     ws, polls = defaults[args.scenario]
     if args.scenario == "fanout" and args.polls:
         ws = 0  # --polls alone: long-polls only

@@ -8,7 +8,9 @@ stdin closes, so it never outlives the benchmark.
 The receive path is kept lean so that the client is not what limits the figures:
 
 - WebSocket: an ``asyncio.Protocol`` with a minimal RFC 6455 client (handshake, then unmasked
-  server frames parsed straight out of ``data_received``; no compression is negotiated). Most
+  server frames parsed straight out of ``data_received``; with ``compression`` it offers
+  permessage-deflate as a browser does, and inflates every compressed frame, in order, with one
+  window per connection, before anything looks at it: RFC 7692). Most
   connections run on asyncio's own transport and only recognise message events with two byte
   searches, count them and check that their ids increase. Every ``sample_every``-th
   connection parses the JSON and measures two latencies from the send time the sender put in
@@ -37,6 +39,7 @@ import socket
 import struct
 import sys
 import time
+import zlib
 from typing import Any
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -52,6 +55,10 @@ CURSOR_MARK = b'"cursor":"'
 # a whole run of frames at once; when it does not match as often as MESSAGE_MARK, the frames
 # are read one by one instead, so a different layout costs speed, never correctness.
 MESSAGE_ID_RE = re.compile(rb'"id":"([^"]*)","room":"[^"]*","type":"message"')
+# permessage-deflate (RFC 7692): what a browser offers, and the 4 bytes a compressed message
+# lost on the wire, appended again before inflating.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+SYNC_TAIL = b"\x00\x00\xff\xff"
 # How long one connection may take to open (TCP connect + handshake or first request).
 OPEN_TIMEOUT = 30.0
 # Opens in flight at once in one process, unless the command says otherwise: the server
@@ -118,7 +125,8 @@ class WebSocketProtocol(asyncio.Protocol):
     the bytes being parsed (None if the kernel gave none).
     """
 
-    def __init__(self, host: str, port: int, path: str, cookie: str | None = None) -> None:
+    def __init__(self, host: str, port: int, path: str, cookie: str | None = None,
+                 compression: bool = False) -> None:
         key = base64.b64encode(os.urandom(16))
         self.accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
         lines = [
@@ -131,6 +139,11 @@ class WebSocketProtocol(asyncio.Protocol):
         ]
         if cookie:
             lines.append(f"Cookie: {cookie}")
+        if compression:
+            lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
+        # Set once the server agreed to permessage-deflate: the connection's one window.
+        self.inflate: Any = None
+        self._fragments_compressed = False
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -189,14 +202,17 @@ class WebSocketProtocol(asyncio.Protocol):
             opcode = b0 & 0x0F
             if opcode == 1 or opcode == 2:
                 if b0 & 0x80:
-                    self.on_text(payload, now)
+                    self.on_text(self._inflated(payload) if b0 & 0x40 else payload, now)
                 else:
                     self._fragments = [payload]
+                    self._fragments_compressed = bool(b0 & 0x40)
             elif opcode == 0:
                 if self._fragments is not None:
                     self._fragments.append(payload)
                     if b0 & 0x80:
                         whole, self._fragments = b"".join(self._fragments), None
+                        if self._fragments_compressed:
+                            whole = self._inflated(whole)
                         self.on_text(whole, now)
             elif opcode == 9:
                 self._write(encode_frame(payload, 0xA))
@@ -235,6 +251,11 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- internals
 
+    def _inflated(self, payload: bytes) -> bytes:
+        if self.inflate is None:
+            raise ConnectionError("a compressed frame, but no compression was agreed")
+        return self.inflate.decompress(payload + SYNC_TAIL)
+
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -258,6 +279,8 @@ class WebSocketProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return b""
+        if b"permessage-deflate" in head.lower():
+            self.inflate = zlib.decompressobj(-15)  # no server_max_window_bits was offered
         if not self.opened.done():
             self.opened.set_result(None)
         return rest
@@ -625,14 +648,18 @@ class WSReceiver(WebSocketProtocol):
     the run and goes through the generic parser.
     """
 
-    def __init__(self, tally: Tally, host: str, port: int, path: str, cookie: str) -> None:
-        super().__init__(host, port, path, cookie)
+    def __init__(self, tally: Tally, host: str, port: int, path: str, cookie: str,
+                 compression: bool = False) -> None:
+        super().__init__(host, port, path, cookie, compression)
         self.tally = tally
         self.count = 0
         self.last_id = b""
         self.closing = False
 
     def feed(self, buf: bytes, now: float) -> None:
+        if self.inflate is not None:
+            self.feed_deflated(buf, now)
+            return
         pos, end = 0, len(buf)
         while end - pos >= 2:
             if buf[pos] != 0x81:
@@ -652,8 +679,46 @@ class WSReceiver(WebSocketProtocol):
         if pos < end:
             super().feed(buf[pos:] if pos else buf, now)
 
-    def count_run(self, buf: bytes, stop: int, now: float) -> None:
-        """Count the message events in ``buf[:stop]``, a run of complete text frames."""
+    def feed_deflated(self, buf: bytes, now: float) -> None:
+        """``feed`` once compression is agreed: the run of complete final text frames at the
+        start of ``buf``, inflated in one call per stretch of compressed frames (each payload
+        with its 4 bytes put back is the deflate stream continued: the connection's one
+        window, in order), then counted as one run of texts."""
+        texts: list[bytes] = []
+        deflated: list[bytes] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, n = buf[pos], buf[pos + 1]
+            if b0 != 0x81 and b0 != 0xC1:
+                break  # not a final text frame
+            if n < 126:
+                head = 2
+            elif n == 126 and end - pos >= 4:
+                head, n = 4, buf[pos + 2] << 8 | buf[pos + 3]
+            else:
+                break  # masked, 64-bit length, or a header cut short
+            stop = pos + head + n
+            if stop > end:
+                break
+            if b0 == 0xC1:
+                deflated += (buf[pos + head:stop], SYNC_TAIL)
+            else:
+                if deflated:
+                    texts.append(self.inflate.decompress(b"".join(deflated)))
+                    deflated = []
+                texts.append(buf[pos + head:stop])
+            pos = stop
+        if deflated:
+            texts.append(self.inflate.decompress(b"".join(deflated)))
+        if texts:
+            joined = b"".join(texts)
+            self.count_run(joined, len(joined), now, joined=True)
+        if pos < end:
+            super().feed(buf[pos:] if pos else buf, now)
+
+    def count_run(self, buf: bytes, stop: int, now: float, joined: bool = False) -> None:
+        """Count the message events in ``buf[:stop]``, a run of complete text frames (or, if
+        ``joined``, of their texts put end to end)."""
         n = buf.count(MESSAGE_MARK, 0, stop)
         if not n:
             for match in ERROR_RE.finditer(buf, 0, stop):
@@ -661,7 +726,14 @@ class WSReceiver(WebSocketProtocol):
             return
         ids = MESSAGE_ID_RE.findall(buf, 0, stop)
         if len(ids) != n:  # an unexpected layout: frame by frame
-            super().feed(buf[:stop], now)
+            if joined:  # JSON texts end to end: read one after another
+                decoder, text, pos = json.JSONDecoder(), buf[:stop].decode(), 0
+                while pos < len(text):
+                    _, end = decoder.raw_decode(text, pos)
+                    self.on_text(text[pos:end].encode(), now)
+                    pos = end
+            else:
+                super().feed(buf[:stop], now)
             return
         t = self.tally
         if ids[0] <= self.last_id:
@@ -701,8 +773,8 @@ class SampledWSReceiver(WSReceiver):
     feed = WebSocketProtocol.feed  # frame by frame
 
     def __init__(self, tally: Tally, host: str, port: int, path: str, cookie: str,
-                 messages: int) -> None:
-        super().__init__(tally, host, port, path, cookie)
+                 messages: int, compression: bool = False) -> None:
+        super().__init__(tally, host, port, path, cookie, compression)
         self.seen = bytearray(messages)
 
     def on_text(self, payload: bytes, now: float) -> None:
@@ -858,6 +930,7 @@ class Worker:
         cpu0, t0 = cpu_seconds(), time.monotonic()
         failures: list[str] = []
         path = f"/api/rooms/{room}/ws"
+        deflate = bool(msg.get("ws_compression"))  # offer permessage-deflate
         if msg.get("ws_cursor") is not None:
             path += "?cursor=" + msg["ws_cursor"]
 
@@ -865,10 +938,11 @@ class Worker:
             sampled = (ws_index + i) % every == 0
             if sampled:
                 def factory() -> WSReceiver:
-                    return SampledWSReceiver(self.ws, host, port, path, cookie, messages)
+                    return SampledWSReceiver(self.ws, host, port, path, cookie, messages,
+                                             deflate)
             else:
                 def factory() -> WSReceiver:
-                    return WSReceiver(self.ws, host, port, path, cookie)
+                    return WSReceiver(self.ws, host, port, path, cookie, deflate)
             async with gate:
                 try:
                     # Only the sampled ones need the kernel's timestamps; the others stay

@@ -208,6 +208,7 @@ async def serve(
         trusted_proxies=split_list(opts.trusted_proxies),
         hosts=split_list(opts.hosts),
         admins=split_list(opts.admins),
+        ws_compression=opts.ws_compression,
     )
     # Proxy headers believed from --trusted_proxies only (web/address.py), a cap on open
     # connections, idle and body timeouts (web/server.py).

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import bisect
 import json
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from chatapp import kinds, metrics
+from chatapp.frames import deflate_frames, payloads, websocket_text_frame, window_for
 from chatapp.signals import PRESENCE_COALESCE_SECONDS, RoomSignals
 
-__all__ = ["PRESENCE_COALESCE_SECONDS", "Batch", "Entry", "MessageBuffer", "Waiter"]
+__all__ = [
+    "PRESENCE_COALESCE_SECONDS", "Batch", "Entry", "MessageBuffer", "Waiter",
+    "websocket_text_frame",
+]
 
 
 def encode(obj: Any) -> str:
@@ -50,24 +53,18 @@ class Entry:
         self.wire = websocket_text_frame(self.frame.encode())
 
 
-def websocket_text_frame(payload: bytes) -> bytes:
-    """A final, unmasked, uncompressed RFC 6455 text frame: what a server sends."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
-
-
 class Batch(list):
     """Entries published together. The joined encodings are computed once, on first use, and
-    shared by every waiter woken with this batch."""
+    shared by every waiter woken with this batch; so are its compressed frames, once per
+    distinct (window, takeover) a socket agreed to (``chatapp.frames``)."""
 
     _wire: bytes | None = None
     _json: str | None = None
+    _deflated: dict[tuple[int, bool], bytes] | None = None
+    _size = 0
+    # The last socket's parameters and their frames: sockets agreeing to the same parameters
+    # share one Deflate object (chatapp.web.deflate), so most lookups are one identity test.
+    _last: tuple[Deflate, bytes] | None = None
 
     @property
     def wire(self) -> bytes:
@@ -75,12 +72,42 @@ class Batch(list):
             self._wire = b"".join(e.wire for e in self)
         return self._wire
 
+    def deflated(self, params: Deflate) -> bytes:
+        """The batch as compressed frames for a socket that agreed to ``params``: one deflate
+        per distinct (window, takeover), whatever the number of sockets (this runs once per
+        socket: it must be cheap). Written whole: its messages may share a window."""
+        last = self._last
+        if last is not None and last[0] is params:
+            return last[1]
+        if self._deflated is None:
+            self._deflated = {}
+            self._size = len(self.wire)
+        key = (window_for(self._size, params.window_bits), params.takeover and len(self) > 1)
+        wire = self._deflated.get(key)
+        if wire is None:
+            wire = self._deflated[key] = deflate_frames(
+                [p for e in self for p in payloads(e.wire)], *key)
+        self._last = (params, wire)
+        return wire
+
     @property
     def json_array(self) -> str:
         """The events as the inside of a JSON array: ``{...},{...}``."""
         if self._json is None:
             self._json = ",".join(e.json for e in self)
         return self._json
+
+
+class Deflate(Protocol):
+    """What a socket agreed to in its permessage-deflate handshake (chatapp.web.deflate)."""
+
+    @property
+    def window_bits(self) -> int:
+        """The most window bits its messages may use."""
+
+    @property
+    def takeover(self) -> bool:
+        """Whether messages written together may share one window."""
 
 
 class Waiter(Protocol):

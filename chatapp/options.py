@@ -45,6 +45,8 @@ define("cluster", default=False, type=bool,
 define("admins", default="",
        help="registered nicknames, comma-separated, that may moderate every room (register "
             "the nickname first: an unregistered one is anyone's to register)")
+define("ws_compression", default=True, type=bool,
+       help="agree to permessage-deflate when a WebSocket client offers it (RFC 7692)")
 define("mongo_timeout", default=4.0, type=float,
        help="seconds a MongoDB operation may take before a send fails with store_unavailable")
 

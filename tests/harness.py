@@ -57,6 +57,7 @@ class ChatServer:
         server_settings = {k: self.options.pop(k) for k in list(self.options)
                            if k in ("max_connections", "idle_connection_timeout", "body_timeout")}
         admins = self.options.pop("admins", ())
+        ws_compression = self.options.pop("ws_compression", True)
         opts.update(self.options)
         self.store = EventStore(connect(self.mongo_uri, opts["store_timeout"]), self.db_name)
         await self.store.create_indexes()
@@ -71,6 +72,7 @@ class ChatServer:
             hosts=hosts,
             write_timeout=write_timeout,
             admins=admins,
+            ws_compression=ws_compression,
         )
         self.server = make_server(self.app, **server_settings)
         self.server.listen(self.port, "127.0.0.1")
@@ -215,14 +217,17 @@ class Client:
 
     async def ws(
         self, room: str, cursor: str | None = None, origin: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, compression: dict[str, Any] | None = None,
     ) -> Socket:
+        """A WebSocket to ``room``; with ``compression`` (Tornado's compression_options, ``{}``
+        for its defaults) it offers permessage-deflate, as browsers do."""
         query = "" if cursor is None else "?" + urlencode({"cursor": cursor})
         url = self.base_url.replace("http", "ws", 1) + f"/api/rooms/{room}/ws{query}"
         headers = {**(headers or {}), "Cookie": self._cookie_header()}
         if origin:
             headers["Origin"] = origin
-        conn = await websocket_connect(HTTPRequest(url, headers=headers))
+        conn = await websocket_connect(HTTPRequest(url, headers=headers),
+                                       compression_options=compression)
         return Socket(conn)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 One connection is one waiter on its room's ``MessageBuffer``: it is woken with every published
 entry and writes the entry's pre-built frame. Sends and actions come in as ``send``, ``edit``,
 ``delete`` and ``react`` frames and go through the same ``Chat`` methods as the HTTP API.
+Compression (permessage-deflate) is agreed and done in ``chatapp.web.deflate``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import tornado.websocket
 from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
 
 from chatapp import rules
-from chatapp.buffer import Batch, Entry, MessageBuffer, encode, websocket_text_frame
+from chatapp.buffer import Entry, MessageBuffer, encode, websocket_text_frame
 from chatapp.errors import ChatError, store_unavailable
 from chatapp.ratelimit import BURST_FACTOR, TokenBucket
 from chatapp.reading import View
 from chatapp.rooms import MAX_UPDATES
 from chatapp.sessions import Session
 from chatapp.store import StoreError
+from chatapp.web import deflate
 from chatapp.web.address import normal_origin, own_origin
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
 
@@ -92,6 +94,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     buffer: MessageBuffer | None = None
     closed = False
     frames: TokenBucket | None = None
+    inflater: deflate.Inflater | None = None  # permessage-deflate, if the handshake agreed
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
@@ -130,6 +133,24 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         self.caught_up = False
         self.held: list[Entry] = []
         await super().get(room)
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        """Tornado's protocol, with permessage-deflate agreed when the client offers it and
+        --ws_compression is on (chatapp.web.deflate says why not Tornado's own)."""
+        protocol = super().get_websocket_protocol()
+        offers = ",".join(self.request.headers.get_list("Sec-WebSocket-Extensions"))
+        agreed = deflate.negotiate(offers) if self.settings.get("ws_compression", True) else None
+        if protocol is not None and agreed is not None:
+            inflater = deflate.Inflater(agreed, self.max_message_size, self._frame_allowed,
+                                        self.close)
+            if deflate.install(protocol, inflater):
+                self.inflater = inflater
+                self.set_header("Sec-WebSocket-Extensions", agreed.header)
+        return protocol
+
+    @property
+    def agreed(self) -> deflate.Agreed | None:
+        return self.inflater.agreed if self.inflater is not None else None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's own refusals before get() runs (a room name that is not UTF-8) in the
@@ -179,6 +200,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         # turns TCP_NODELAY off again after the handshake), a sender's ack, written right
         # after its own message's event frame, waited for the client's delayed ACK: 40 ms.
         self.set_nodelay(True)
+        # Sent with the 101 already; kept, it is ~300 bytes more per idle socket (deflate.py).
+        self.clear_header("Sec-WebSocket-Extensions")
         self.frames = self.settings["frame_budgets"].open(self.session.sid, self.chat.rate_limit)
         # open() runs on an established connection: it has a stream (None only in the types).
         stream = self.ws_connection.stream if self.ws_connection is not None else None
@@ -201,7 +224,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send_error(exc)
             self.close(CLOSE_TRY_LATER, exc.code)
             return
-        self._write_wire(self.buffer.signals.opening_wire())
+        self._write_wire(deflate.shared(self.buffer.signals.opening_wire(), self.agreed))
 
     async def _catch_up(self) -> None:
         cursor = self.cursor
@@ -230,7 +253,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
                 size += len(fresh[end].wire)
                 end += 1
             self.last_id = fresh[end - 1].id
-            if not self._write_wire(b"".join(e.wire for e in fresh[start:end])):
+            if not self._write_wire(deflate.frames_for(fresh[start:end], self.agreed)):
                 return  # closed
             start = end
             if start < len(fresh):
@@ -251,7 +274,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def signals_changed(self, wire: bytes) -> None:
         if self.caught_up:
-            self._write_wire(wire)
+            self._write_wire(deflate.shared(wire, self.agreed))
 
     def shutdown(self) -> None:
         self.close(1001, "server restarting")
@@ -271,14 +294,13 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
             # The live path: every entry is new. A published Batch carries its frames joined
             # once for every socket; this is the line every delivery goes through.
             self.last_id = entries[-1].id
-            self._write_wire(entries.wire if isinstance(entries, Batch) else
-                             b"".join(e.wire for e in entries))
+            self._write_wire(deflate.frames_for(entries, self.agreed))
             return
         # Catching up: the backlog and live events may overlap; skip by id, not by position.
         fresh = [e for e in entries if e.id > self.last_id]
         if fresh:
             self.last_id = fresh[-1].id
-            self._write_wire(b"".join(e.wire for e in fresh))
+            self._write_wire(deflate.frames_for(fresh, self.agreed))
 
     def write_frame(self, frame: str) -> None:
         """Send one JSON text message (acks, errors, presence: the per-socket frames)."""
@@ -290,8 +312,9 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
         Complete frames go straight to the connection: Tornado's write_message would encode
         and frame the same bytes again, and start a task, for every socket. This is sound
-        because the server never negotiates compression (no get_compression_options), so a
-        frame's bytes are the same for every client.
+        because compression is the server's own (chatapp.web.deflate, not Tornado's
+        get_compression_options): a frame's bytes are the same for every client that agreed
+        to the same parameters, and messages compressed together are written together.
         """
         conn = self.ws_connection
         if conn is None or conn.is_closing():
@@ -332,8 +355,11 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     # -- the client side ----------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
-        if not self._frame_allowed():
-            return  # counted before parsing: parsing is the cost a flood is after
+        # Counted before parsing (parsing is the cost a flood is after); a compressed frame
+        # was counted before it was inflated, and a refused one is dropped here.
+        verdict = self.inflater.verdict() if self.inflater is not None else None
+        if not (self._frame_allowed() if verdict is None else verdict):
+            return
         try:
             frame = json.loads(message)
         # RecursionError: nesting deeper than the parser allows; it used to drop the socket.
