@@ -45,16 +45,6 @@ def message_text(seq: int, size: int) -> str:
     return head + "x" * max(1, size - len(head))
 
 
-async def xsrf_headers(conn: lc.HTTPConnection, cookie: str) -> dict[str, str]:
-    """What the page sends with every request: its cookies and the XSRF token in a header.
-    ``GET /api/session`` sets the ``_xsrf`` cookie (the page gets it with its HTML)."""
-    r = await conn.request("GET", "/api/session", {"Cookie": cookie})
-    xsrf = r.cookies().get("_xsrf")
-    if r.status != 200 or not xsrf:
-        raise ConnectionError(f"GET /api/session: {r.status} {r.body[:200]!r}")
-    return {"Cookie": f"{cookie}; {xsrf}", "X-XSRFToken": xsrf.split("=", 1)[1]}
-
-
 class Poller:
     """One keep-alive long-poll client; ``count``/``last`` what it received."""
 
@@ -77,7 +67,7 @@ class Poller:
     async def run(self) -> None:
         try:
             if self.flavor == "chatapp":
-                self.headers = await xsrf_headers(self.conn, self.cookie)
+                self.headers = await lc.page_headers(self.conn, self.cookie)
             else:
                 await self.conn.connect()
                 self.headers = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -165,7 +155,7 @@ class HTTPSender:
 
     async def open(self) -> HTTPSender:
         if self.flavor == "chatapp":
-            self.headers = await xsrf_headers(self.conn, self.cookie)
+            self.headers = await lc.page_headers(self.conn, self.cookie)
             self.headers["Content-Type"] = "application/json"
         else:
             await self.conn.connect()

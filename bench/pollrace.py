@@ -53,6 +53,9 @@ class Target:
     host, port, pid = cb.HOST, 0, 0
     room = ""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        raise NotImplementedError
+
     async def cookies(self, count: int) -> list[str]:
         return [""] * count
 
