@@ -85,7 +85,7 @@ class PollWaiter:
 
     async def wait(self, timeout: float, timeouts: PollTimeouts | None = None) -> list[Entry] | None:
         """Wait for the answer; "nothing new" ([]) after ``timeout`` s (with ``timeouts``: up
-        to ``TIMEOUT_TICK`` s later, on the room's shared timer)."""
+        to ``TIMEOUT_TICK`` s sooner, on a timer shared with the polls due then)."""
         # Not wait_for + shield, which wrap every parked poll in two more futures and a task.
         metrics.PARKED_POLLS.inc()
         if timeouts is None:
@@ -105,7 +105,8 @@ class PollWaiter:
 
 # Parked polls time out on shared timers, one per tick of this many seconds, instead of one
 # timer each (a timer set and cancelled per poll cycle, and a heap of thousands of them). A
-# poll then waits up to this much longer than its timeout: within the jitter polls have anyway.
+# poll then answers up to this much sooner than its timeout: within the 2.5 s of jitter polls
+# have anyway (``web.api.POLL_JITTER``), and never later than ``poll_timeout``.
 TIMEOUT_TICK = 1.0
 
 
@@ -114,24 +115,29 @@ class PollTimeouts:
     one timer per tick that has any, which answers them all "nothing new"."""
 
     def __init__(self) -> None:
-        self._due: dict[int, set[PollWaiter]] = {}
+        self._due: dict[float, set[PollWaiter]] = {}
 
-    def add(self, waiter: PollWaiter, timeout: float) -> int:
+    def add(self, waiter: PollWaiter, timeout: float) -> float:
+        """Due at the tick just before ``timeout`` s from now (never later: the contract says
+        "waits up to poll_timeout"); a time-out too short for a whole tick keeps its own."""
         loop = asyncio.get_running_loop()
-        tick = math.ceil((loop.time() + timeout) / TIMEOUT_TICK)
+        now = loop.time()
+        tick = math.floor((now + timeout) / TIMEOUT_TICK) * TIMEOUT_TICK
+        if tick < now + timeout / 2:
+            tick = now + timeout
         due = self._due.get(tick)
         if due is None:
             due = self._due[tick] = set()
-            loop.call_at(tick * TIMEOUT_TICK, self._expire, tick)
+            loop.call_at(tick, self._expire, tick)
         due.add(waiter)
         return tick
 
-    def discard(self, waiter: PollWaiter, tick: int) -> None:
+    def discard(self, waiter: PollWaiter, tick: float) -> None:
         due = self._due.get(tick)
         if due is not None:
             due.discard(waiter)
 
-    def _expire(self, tick: int) -> None:
+    def _expire(self, tick: float) -> None:
         for waiter in self._due.pop(tick, ()):
             waiter.wake([])
 
