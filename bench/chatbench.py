@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import loadclient as lc
+import pollclient
 import procstat
 import resumebench
 
@@ -523,6 +524,10 @@ class Bench:
 
     async def open_sender(self, cookie: str) -> Sender:
         host, port = self.env.host, self.env.port
+        if self.args.sender == "http":  # POST, wait for the answer, then the next (pollclient)
+            http = await pollclient.HTTPSender("chatapp", host, port, self.room, cookie).open()
+            self.sender = http  # type: ignore[assignment]
+            return http  # type: ignore[return-value]
         path = f"/api/rooms/{self.room}/ws"
         sender = await lc.open_websocket(lambda: Sender(host, port, path, cookie), host, port)
         self.sender = sender  # type: ignore[assignment]
@@ -579,7 +584,7 @@ class Bench:
         try:
             for cookie in dict.fromkeys(cookies):
                 r = await conn.request("GET", f"/api/rooms/{self.room}/updates",
-                                       {"Cookie": cookie})
+                                       await lc.page_headers(conn, cookie))
                 if r.status != 200:
                     raise BenchError(f"long-poll warm-up: {r.status} {r.body[:200]!r}")
         finally:
@@ -946,6 +951,8 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
     elif sc in ("fanout", "parked"):
         s = r["sent"]
         rate = "flat out" if sc == "parked" or not args.rate else f"{args.rate:g}/s"
+        if args.sender == "http":
+            rate += ", HTTP POST each after the last answer"
         add("clients", f"{args.ws} WebSocket + {args.polls} long-poll in {args.procs} "
                        f"process(es), room {r['room']}")
         add("sent", f"{s['acked']}/{s['messages']} acked{' (of ' + str(s['requested']) + ' asked)' if s['requested'] != s['messages'] else ''} ({rate}, inflight {args.inflight}, "
@@ -1089,6 +1096,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=100, help="message text bytes (default: 100)")
     p.add_argument("--rate", type=float, default=100.0,
                    help="messages per second; 0 = flat out (default: 100)")
+    p.add_argument("--sender", choices=("ws", "http"), default="ws",
+                   help="fanout: send over the WebSocket (default), or by HTTP POST waiting for "
+                        "each answer, as the page's long-poll client does (--rate, not --inflight)")
     p.add_argument("--inflight", type=int, default=64,
                    help="most sends waiting for their ack (default: 64)")
     p.add_argument("--procs", type=int, default=1,

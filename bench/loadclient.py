@@ -19,7 +19,8 @@ The receive path is kept lean so that the client is not what limits the figures:
   ``recvmsg`` through ``RecvmsgTransport``, the same parser behind it), and to its read by
   this process (``time.time()`` after the read).
 - Long-poll: one keep-alive HTTP/1.1 connection per client over asyncio streams, looping
-  ``GET .../updates?cursor=<last>``; the cursor is cut out of the end of the body, not parsed.
+  ``GET .../updates?cursor=<last>`` with the XSRF token, as the page polls (so each counts as
+  presence); the cursor is cut out of the end of the body, not parsed.
 
 This module is also the small client library ``chatbench.py`` uses for its sender and its
 setup requests (``WebSocketProtocol``, ``HTTPConnection``). Standard library only.
@@ -553,6 +554,17 @@ class HTTPConnection:
             self.writer = None
 
 
+async def page_headers(conn: HTTPConnection, cookie: str) -> dict[str, str]:
+    """What the page sends with each request: its cookies and the XSRF token in
+    ``X-XSRFToken`` (without the token a long-poll is a read, not presence: issue 13).
+    ``GET /api/session`` sets the ``_xsrf`` cookie, as the page's HTML does."""
+    r = await conn.request("GET", "/api/session", {"Cookie": cookie})
+    xsrf = r.cookies().get("_xsrf")
+    if r.status != 200 or not xsrf:
+        raise ConnectionError(f"GET /api/session: HTTP {r.status} {r.body[:200]!r}")
+    return {"Cookie": f"{cookie}; {xsrf}", "X-XSRFToken": xsrf.split("=", 1)[1]}
+
+
 # -- receivers ------------------------------------------------------------------------------
 
 
@@ -809,7 +821,6 @@ class PollReceiver:
         self.tally = tally
         self.conn = HTTPConnection(host, port)
         self.base = f"/api/rooms/{room}/updates?cursor="
-        self.presence = f"/api/rooms/{room}/presence"
         self.headers = {"Cookie": cookie}
         self.cursor = cursor
         self.sampled = sampled
@@ -826,14 +837,11 @@ class PollReceiver:
         t = self.tally
         conn = self.conn
         try:
-            await conn.connect()
             # A cheap request first: its answer shows the server has accepted the connection.
             # Without it, connects complete in the kernel faster than the server accepts, its
-            # accept queue (128) overflows and dropped SYNs are retried a second later.
-            conn.send("GET", self.presence, self.headers)
-            response = await conn.read_response()
-            if response.status != 200:
-                raise ConnectionError(f"presence: HTTP {response.status}")
+            # accept queue (128) overflows and dropped SYNs are retried a second later. It
+            # also gives the XSRF token the page's polls carry.
+            self.headers = await page_headers(conn, self.headers["Cookie"])
             while not self.closing:
                 conn.send("GET", self.base + self.cursor, self.headers)
                 t.requests += 1

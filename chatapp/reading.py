@@ -9,6 +9,9 @@ published between the read and the wait still wakes it.
 from __future__ import annotations
 
 import asyncio
+import math
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +43,7 @@ class PollWaiter:
         # The room's version now (``RoomSignals.version``), set once parked.
         self.version: Callable[[], str] = lambda: ""
         self.address = ""  # the client's, for a guest's ban by address (set by poll)
+        self._woken: list[Entry] | None = None  # what woke it, to be answered (``Wakeups``)
 
     def wake(self, entries: list[Entry]) -> None:
         if entries and entries[0].id <= self.cursor:
@@ -48,8 +52,16 @@ class PollWaiter:
             entries = [e for e in entries if e.id > self.cursor]
             if not entries:
                 return
+        if not self._future.done() and self._woken is None:
+            # Answered from the loop's next turn on (``Wakeups``), not now: an event
+            # published meanwhile is read by the client's next poll.
+            self._woken = entries
+            wakeups().add(self)
+
+    def answer(self) -> None:
+        """Answer what woke it (``Wakeups`` calls this)."""
         if not self._future.done():
-            self._future.set_result(entries)
+            self._future.set_result(self._woken)
 
     def signals_changed(self, wire: bytes) -> None:
         if self.signals is not None and self.signals != self.version():
@@ -71,16 +83,115 @@ class PollWaiter:
     def shutdown(self) -> None:
         self.wake([])  # answer "nothing new" now; the client polls again, elsewhere
 
-    async def wait(self, timeout: float) -> list[Entry] | None:
-        # One timer that answers "nothing new": cheaper than wait_for + shield, which wrap
-        # every parked poll in two more futures and a task.
-        timer = asyncio.get_running_loop().call_later(timeout, self.wake, [])
+    async def wait(self, timeout: float, timeouts: PollTimeouts | None = None) -> list[Entry] | None:
+        """Wait for the answer; "nothing new" ([]) after ``timeout`` s (with ``timeouts``: up
+        to ``TIMEOUT_TICK`` s sooner, on a timer shared with the polls due then)."""
+        # Not wait_for + shield, which wrap every parked poll in two more futures and a task.
         metrics.PARKED_POLLS.inc()
+        if timeouts is None:
+            timer = asyncio.get_running_loop().call_later(timeout, self.wake, [])
+            try:
+                return await self._future
+            finally:
+                metrics.PARKED_POLLS.dec()
+                timer.cancel()
+        tick = timeouts.add(self, timeout)
         try:
             return await self._future
         finally:
             metrics.PARKED_POLLS.dec()
-            timer.cancel()
+            timeouts.discard(self, tick)
+
+
+# Parked polls time out on shared timers, one per tick of this many seconds, instead of one
+# timer each (a timer set and cancelled per poll cycle, and a heap of thousands of them). A
+# poll then answers up to this much sooner than its timeout: within the 2.5 s of jitter polls
+# have anyway (``web.api.POLL_JITTER``), and never later than ``poll_timeout``.
+TIMEOUT_TICK = 1.0
+
+
+class PollTimeouts:
+    """The time-outs of the parked polls of one ``Reader``: the waiters due in each tick, and
+    one timer per tick that has any, which answers them all "nothing new"."""
+
+    def __init__(self) -> None:
+        self._due: dict[float, set[PollWaiter]] = {}
+
+    def add(self, waiter: PollWaiter, timeout: float) -> float:
+        """Due at the tick just before ``timeout`` s from now (never later: the contract says
+        "waits up to poll_timeout"); a time-out too short for a whole tick keeps its own."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        tick = math.floor((now + timeout) / TIMEOUT_TICK) * TIMEOUT_TICK
+        if tick < now + timeout / 2:
+            tick = now + timeout
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = set()
+            loop.call_at(tick, self._expire, tick)
+        due.add(waiter)
+        return tick
+
+    def discard(self, waiter: PollWaiter, tick: float) -> None:
+        due = self._due.get(tick)
+        if due is not None:
+            due.discard(waiter)
+
+    def _expire(self, tick: float) -> None:
+        for waiter in self._due.pop(tick, ()):
+            waiter.wake([])
+
+    def waiting(self) -> int:
+        """Polls with a time-out still to come."""
+        return sum(len(due) for due in self._due.values())
+
+
+# Woken long-polls are answered this many per turn of the event loop. A message to a room of
+# a thousand polls wakes them all at once, and answering them all in one turn would hold up
+# everything else that long (~0.3 ms each): the sender's answer, and each of the storage
+# round trips of the next message, which each wait for a turn. 50 polls take ~15 ms: the
+# next message is stored while the room is still being answered, and the polls answered
+# later carry it too (fewer cycles per message).
+WAKE_CHUNK = 50
+
+
+class Wakeups:
+    """Woken long-polls waiting to be answered, in the order woken, ``WAKE_CHUNK`` per turn
+    of one event loop. Whoever woke them (a publish, whose sender is answered after it) runs
+    to its end first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[PollWaiter] = deque()
+        self.scheduled = False
+
+    def add(self, waiter: PollWaiter) -> None:
+        self.queue.append(waiter)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        queue = self.queue
+        for _ in range(min(WAKE_CHUNK, len(queue))):
+            queue.popleft().answer()
+        if queue:
+            self.loop.call_soon(self._run)  # the next turn: I/O and timers run in between
+        else:
+            self.scheduled = False
+
+
+_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeups] = (
+    weakref.WeakKeyDictionary())
+
+
+def wakeups() -> Wakeups:
+    """The running loop's ``Wakeups``."""
+    loop = asyncio.get_running_loop()
+    found = _wakeups.get(loop)
+    if found is None:
+        found = _wakeups[loop] = Wakeups(loop)
+    return found
 
 
 class View(list[Entry]):
@@ -101,6 +212,7 @@ class Reader:
         self.rooms = rooms
         self.membership = membership
         self.history_size = history_size
+        self.timeouts = PollTimeouts()
 
     async def open_room(self, room: str, cursor: str | None = None) -> MessageBuffer:
         """The room's buffer, once ``cursor`` (if any) is known to be an id this server
@@ -193,7 +305,7 @@ class Reader:
                 return entries
             if signals is not None and signals != buffer.signals.version():
                 return entries  # the lists changed since the client's version: tell it now
-            return await waiter.wait(timeout)
+            return await waiter.wait(timeout, self.timeouts)
         finally:
             buffer.remove_waiter(waiter)
             self.membership.disconnect(session, room, waiter, address)

@@ -175,8 +175,14 @@ class UpdatesAPI(JSONHandler):
         )
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        extra = "" if signals is None else "," + encode(self.chat.signals_of(room))[1:-1]
+        extra = "" if signals is None else "," + self._signal_fields(room)
         self.finish('{"events":[' + events + '],"cursor":"' + new_cursor + '"' + extra + "}")
+
+    def _signal_fields(self, room: str) -> str:
+        buffer = self.chat.rooms.loaded(room)
+        if buffer is None:
+            return encode(self.chat.signals_of(room))[1:-1]
+        return buffer.signals.state_fields()  # encoded once per change of the lists
 
     def _park(self, waiter: PollWaiter) -> None:
         self.waiter = waiter

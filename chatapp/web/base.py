@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import weakref
 from asyncio import Future
 from typing import Any
 
@@ -48,6 +50,35 @@ _STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+# What a keep-alive connection's requests proved about their cookies is kept this long: a
+# long-poll client sends the same Cookie header on every request, and verifying it again
+# (parsing the header, the HMAC of the signed session cookie, the XSRF token's) was a tenth
+# of a poll cycle. Short enough that the signed cookie's own age limit still applies.
+VERIFIED_SECONDS = 60.0
+
+
+class Verified:
+    """What one connection's latest Cookie header was found to hold: the session id its
+    signed cookie names (None: none valid), and which ``X-XSRFToken`` values match its
+    ``_xsrf`` cookie. Each answer is a pure function of the headers (and the server's
+    secret), so the cache is keyed on them exactly: a proxy's pooled connection carrying
+    other visitors' requests only misses it."""
+
+    __slots__ = ("cookie", "sid", "until", "xsrf")
+
+    def __init__(self, cookie: str, sid: str | None) -> None:
+        self.cookie = cookie
+        self.sid = sid
+        self.until = time.monotonic() + VERIFIED_SECONDS
+        self.xsrf: dict[str, bool] = {}  # at most XSRF_KEPT entries
+
+
+# Tokens remembered per connection: the page sends one; more is someone trying several.
+XSRF_KEPT = 4
+# One entry per open connection (its IOStream), gone with it.
+_verified: weakref.WeakKeyDictionary[Any, Verified] = weakref.WeakKeyDictionary()
 
 
 SECURITY_HEADERS = {
@@ -108,10 +139,26 @@ class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
         super().send_error(status_code, **kwargs)
 
     async def current_session(self) -> Session | None:
-        sid = self.get_signed_cookie(SESSION_COOKIE)
+        sid = self.verified().sid
         if not sid:
             return None
-        return await self.chat.sessions.get(sid.decode())
+        return await self.chat.sessions.get(sid)
+
+    def verified(self) -> Verified:
+        """This request's cookies, verified: from the connection's cache when its previous
+        request sent the very same Cookie header (``Verified``)."""
+        cookie = self.request.headers.get("Cookie", "")
+        # Keyed on the stream: Tornado makes a new HTTP1Connection for every request of a
+        # keep-alive connection, over the same IOStream.
+        stream = getattr(self.request.connection, "stream", None)
+        known = _verified.get(stream) if stream is not None else None
+        if known is not None and known.cookie == cookie and known.until > time.monotonic():
+            return known
+        raw = self.get_signed_cookie(SESSION_COOKIE)
+        known = Verified(cookie, raw.decode() if raw else None)
+        if stream is not None:
+            _verified[stream] = known
+        return known
 
     async def require_session(self) -> Session:
         session = await self.current_session()
@@ -133,13 +180,20 @@ class BaseHandler(ChatHandlerMixin, tornado.web.RequestHandler):
         can send it: another site can neither read the ``_xsrf`` cookie nor add a header to a
         cross-site request (that needs CORS, which this server never grants). A GET that
         changes state (a long-poll counting as presence) asks this first."""
-        if not self.request.headers.get("X-Xsrftoken") or "_xsrf" in self.request.arguments:
+        token = self.request.headers.get("X-Xsrftoken")
+        if not token or "_xsrf" in self.request.arguments:
             return False  # check_xsrf_cookie would read an _xsrf argument before the header
-        try:
-            self.check_xsrf_cookie()
-        except tornado.web.HTTPError:
-            return False
-        return True
+        known = self.verified()
+        ok = known.xsrf.get(token)
+        if ok is None:
+            try:
+                self.check_xsrf_cookie()
+                ok = True
+            except tornado.web.HTTPError:
+                ok = False
+            if len(known.xsrf) < XSRF_KEPT:
+                known.xsrf[token] = ok
+        return ok
 
     def set_session_cookie(self, session: Session) -> None:
         self.set_signed_cookie(
