@@ -29,7 +29,7 @@ async def test_parked_polls_answer_nothing_new_on_time_on_a_shared_timer():
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_short_time_out_keeps_its_own_timer_and_an_answered_poll_leaves_none():
+async def test_a_short_time_out_keeps_its_own_timer_and_a_woken_poll_carries_what_came_next():
     timeouts = PollTimeouts()
     short = PollWaiter("000000000001")
     assert await short.wait(0.2, timeouts) == []
@@ -37,10 +37,13 @@ async def test_a_short_time_out_keeps_its_own_timer_and_an_answered_poll_leaves_
     task = asyncio.ensure_future(woken.wait(20, timeouts))
     await asyncio.sleep(0)
     entry = Entry({"id": "000000000002", "room": "r", "type": "message", "text": "hi"})
+    later = Entry({"id": "000000000003", "room": "r", "type": "message", "text": "again"})
     woken.wake([entry])
-    woken.wake([entry])  # a second publish before it ran: answered once, the first
-    assert await task == [entry]
-    assert timeouts.waiting() == 0
+    woken.wake([entry])  # the same batch again (a feed catching up): not repeated
+    woken.wake([later])  # a second publish before it ran: the same answer carries it
+    assert await task == [entry, later]
+    woken.wake([Entry({"id": "000000000004", "room": "r", "type": "message", "text": "x"})])
+    assert timeouts.waiting() == 0  # answered: a publish after that changes nothing
 
 
 @pytest.mark.gen_test(timeout=30)
