@@ -46,6 +46,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import crowd
 import loadclient as lc
 import procstat
 
@@ -197,7 +198,10 @@ class Environment:
     def uncap(self, app_dir: str, env: dict[str, str]) -> list[str]:
         """Options that lift the server's per-session and per-address connection caps and its
         per-address new-session limit, if it has them: every client here comes from 127.0.0.1, with up to --per-session
-        connections per session (like --rate_limit=0, a benchmark measures capacity)."""
+        connections per session (like --rate_limit=0, a benchmark measures capacity).
+        The crowd scenarios keep them (bench/crowd.py)."""
+        if self.args.scenario in crowd.SCENARIOS:
+            return []
         try:
             out = subprocess.run(
                 [sys.executable, "-m", "chatapp", "--help"], cwd=app_dir, env=env,
@@ -914,6 +918,8 @@ class Bench:
             return await self.fanout(parked=True)
         if scenario == "history":
             return await self.history()
+        if scenario in crowd.SCENARIOS:
+            return await crowd.run(self, sys.modules[__name__])
         return await self.idle()
 
 
@@ -934,6 +940,8 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
         rows.append((name, str(value)))
 
     sc = args.scenario
+    if sc in crowd.SCENARIOS:
+        return crowd.render(args, r, fmt_latency)
     if sc in ("fanout", "parked"):
         s = r["sent"]
         rate = "flat out" if sc == "parked" or not args.rate else f"{args.rate:g}/s"
@@ -1051,6 +1059,8 @@ def ok(args: argparse.Namespace, r: dict[str, Any]) -> bool:
     if args.scenario in ("fanout", "parked"):
         pr = r["problems"]
         return not any(pr.values()) and not r.get("timed_out")
+    if args.scenario in crowd.SCENARIOS:
+        return crowd.ok(r)
     if args.scenario == "history":
         return all(r[k]["bad_answers"] == 0 for k in ("latest", "before") if k in r)
     return True
@@ -1066,7 +1076,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", choices=("fanout", "parked", "history", "idle"),
+    p.add_argument("--scenario", choices=("fanout", "parked", "history", "idle", *crowd.SCENARIOS),
                    default="fanout", help="what to measure (default: fanout)")
     p.add_argument("--ws", type=int, default=None,
                    help="WebSocket receivers (default: 100, or 0 with --polls; idle: 1000; "
@@ -1118,8 +1128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-temp", action="store_true",
                    help="keep the temporary directory (server log, MongoDB data)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    crowd.add_arguments(p)
     args = p.parse_args(argv)
-    defaults = {"fanout": (100, 0), "parked": (0, 1000), "history": (0, 0), "idle": (1000, 0)}
+    defaults = {"fanout": (100, 0), "parked": (0, 1000), "history": (0, 0), "idle": (1000, 0),
+                "connect": (1000, 0), "crowd": (1000, 0)}
     ws, polls = defaults[args.scenario]
     if args.scenario == "fanout" and args.polls:
         ws = 0  # --polls alone: long-polls only
