@@ -44,6 +44,8 @@ CONNECTIONS_PER_ADDRESS = 800
 # Connections opening at once, all processes together: the server listens with a backlog of
 # 128, and an overflowing accept queue turns into 1 s SYN retries.
 OPENING_AT_ONCE = 96
+# ...of which the sampled process (--crowd-sample sockets, 100 by default) takes this many.
+SAMPLER_CONCURRENCY = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,10 +114,11 @@ async def storm(bench: Any, parts: list[list[list[Any]]], sampled: list[bool],
                 cursor: str = "") -> dict[str, Any]:
     """Every part's people at once, one part per load-client process."""
     env, a = bench.env, bench.args
-    concurrency = a.concurrency or max(8, OPENING_AT_ONCE // len(parts))
+    # The sampled process has few people: the others share the connections in flight.
+    concurrency = a.concurrency or max(8, OPENING_AT_ONCE // max(1, len(parts) - 1))
     msgs = [{"cmd": "crowd", "host": env.host, "port": env.port, "room": bench.room,
              "people": part, "sampled": s, "messages": a.crowd_messages,
-             "poll_cursor": cursor, "concurrency": concurrency}
+             "poll_cursor": cursor, "concurrency": SAMPLER_CONCURRENCY if s else concurrency}
             for part, s in zip(parts, sampled)]
     cpu0, t0 = env.server_cpu(), time.monotonic()
     replies = await bench.call_all(msgs, bench.remaining())
