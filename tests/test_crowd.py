@@ -14,6 +14,7 @@ import pytest
 
 from chatapp.signals import MAX_PRESENCE_COALESCE_SECONDS, RoomSignals
 from tests.harness import WAIT_SECONDS
+from tests.steps import ROOM, new_cid, user
 
 
 class Socket:
@@ -63,3 +64,50 @@ async def test_a_small_room_hears_of_every_join_that_comes_a_moment_apart():
     await settled(sockets, names)
     for s in sockets:
         assert s.lists == [names[:k] for k in range(1, 5)]
+
+
+# -- keep-alive pings: one pinger for every socket (chatapp.web.pinger) ----------------------
+
+
+async def silent_socket(srv, client) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket whose client never answers anything, pings included (a laptop lid shut)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write((f"GET /api/rooms/{ROOM}/ws HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Cookie: {client._cookie_header()}\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_SECONDS)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def text_arrives(sock, text: str) -> None:
+    while (await sock.next("event", WAIT_SECONDS + 10))["event"].get("text") != text:
+        pass
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_that_stops_answering_pings_is_closed_and_the_others_stay(servers):
+    srv = await servers.start()
+    # Short rounds for the test (25 s and 20 s in the app); read when the first socket opens.
+    srv.app.settings.update(websocket_ping_interval=0.3, websocket_ping_timeout=0.3)
+    an, bo = await user(srv, "an"), await user(srv, "bo")
+    an_sock = await an.ws(ROOM)
+    # Tornado's client answers pings by itself, as long as its frames are read.
+    still_here = asyncio.ensure_future(text_arrives(an_sock, "still here"))
+    reader, writer = await silent_socket(srv, bo)
+    seen = b""
+    while True:  # until the server closes it: its ping, then its close frame
+        chunk = await asyncio.wait_for(reader.read(65536), WAIT_SECONDS + 5)
+        if not chunk:
+            break
+        seen += chunk
+    writer.close()
+    assert b"\x89\x00" in seen  # an empty ping, unanswered...
+    assert b"\x88" in seen and b"ping timed out" in seen  # ...then closed for it
+    # an's socket answered every round and still works.
+    an_sock.send("still here", new_cid())
+    await still_here
+    an_sock.close()
+    for c in (an, bo):
+        c.close()

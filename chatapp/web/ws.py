@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import tornado.websocket
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
 
 from chatapp import rules
@@ -26,6 +27,7 @@ from chatapp.sessions import Session
 from chatapp.store import StoreError
 from chatapp.web.address import normal_origin, own_origin
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
+from chatapp.web.pinger import pinger_of
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,12 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     buffer: MessageBuffer | None = None
     closed = False
     frames: TokenBucket | None = None
+    ponged = True  # a pong came since the last ping (chatapp.web.pinger)
+
+    @property
+    def ping_interval(self) -> float | None:
+        """0 for Tornado: one task pings every socket instead of one task each (pinger.py)."""
+        return 0
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
@@ -172,6 +180,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         self._frame_allowed()  # Tornado has answered it already; a flood closes the socket
 
     def on_pong(self, data: bytes) -> None:
+        self.ponged = True
         self._frame_allowed()
 
     async def open(self, room: str) -> None:
@@ -184,6 +193,11 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None:
             stream.max_write_buffer_size = MAX_PENDING_OUTPUT
+        # What is kept per socket for as long as it is open, at 10,000 of them: the request's
+        # headers (2-3 KB; nothing reads them once the handshake is answered), and a task of
+        # Tornado's for pings (one pinger for all instead).
+        self.request.headers = HTTPHeaders()
+        pinger_of(self.application.settings).add(self)
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
             if self.closed:
@@ -408,6 +422,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.closed = True
+        pinger_of(self.application.settings).discard(self)
         if self.frames is not None:
             self.settings["frame_budgets"].close(self.session.sid)
             self.frames = None
