@@ -111,3 +111,35 @@ async def test_a_socket_that_stops_answering_pings_is_closed_and_the_others_stay
     an_sock.close()
     for c in (an, bo):
         c.close()
+
+
+# -- the garbage collector: survivors of a full collection are frozen (web/server.py) ---------
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_a_cycle_that_died_after_being_frozen_is_still_collected_once_unfrozen(monkeypatch):
+    import gc
+    import weakref
+
+    from chatapp.web.server import FreezeSurvivors
+
+    FreezeSurvivors.install()
+    monkeypatch.setattr(FreezeSurvivors, "unfreeze_at", float("inf"))
+    node = Node()
+    alive = weakref.ref(node)
+    gc.collect()  # node survives it: frozen
+    del node
+    gc.collect()
+    assert alive() is not None  # frozen: not traversed, not freed (the price of the pauses)
+    monkeypatch.setattr(FreezeSurvivors, "unfreeze_at", 0.0)
+    gc.collect()  # due: unfrozen after this one
+    gc.collect()  # sees everything again
+    assert alive() is None
+    # Young garbage is collected as ever.
+    young = weakref.ref(Node())
+    gc.collect()
+    assert young() is None
