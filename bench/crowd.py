@@ -225,6 +225,13 @@ async def broadcast(bench: Any, cb: Any, sender: Any, sender_cookie: str) -> dic
     }
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    # The sampled process reads each message from all its sockets before the next is sent
+    # (--crowd-gap apart), so its samples come in runs, one per message: a pause that hit one
+    # message (a collection, a presence frame) shows apart from a slow fan-out of every one.
+    arrivals, n = ws[0]["arrival_latencies"], stored["count"]
+    if n and len(arrivals) == n * ws[0]["conns"]:
+        runs = [arrivals[k * ws[0]["conns"]:(k + 1) * ws[0]["conns"]] for k in range(n)]
+        out["p99_ms_per_message"] = [summary(run).get("p99_ms") for run in runs]
     return out
 
 
@@ -272,6 +279,9 @@ def render(args: argparse.Namespace, r: dict[str, Any], fmt_latency: Any) -> str
         add("", f"read    {fmt_latency(r['read_latency'])}  ({args.crowd_sample} sampled "
                  "sockets in their own process)")
         add("ack latency", fmt_latency(r["ack_latency"]))
+        if "p99_ms_per_message" in r:
+            add("p99 per message", " ".join(f"{x:.0f}" for x in r["p99_ms_per_message"])
+                + " ms")
         add("lost / duplicated", f"{pr['lost']} / {pr['duplicated'] + pr['dup_seq']} "
                                   f"(out of order {pr['out_of_order']}, wrong last id "
                                   f"{pr['wrong_last_id']}, closed by server "
