@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import tornado.websocket
-from tornado.httputil import HTTPHeaders
 from tornado.iostream import SSLIOStream, StreamBufferFullError, StreamClosedError
 
 from chatapp import rules
@@ -193,10 +192,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None:
             stream.max_write_buffer_size = MAX_PENDING_OUTPUT
-        # What is kept per socket for as long as it is open, at 10,000 of them: the request's
-        # headers (2-3 KB; nothing reads them once the handshake is answered), and a task of
-        # Tornado's for pings (one pinger for all instead).
-        self.request.headers = HTTPHeaders()
+        # One pinger for all sockets, not a task of Tornado's for each (pinger.py).
         pinger_of(self.application.settings).add(self)
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
