@@ -48,6 +48,11 @@ CONNECTIONS_PER_ADDRESS = 800
 OPENING_AT_ONCE = 256
 # ...of which the sampled process (--crowd-sample sockets, 100 by default) takes this many.
 SAMPLER_CONCURRENCY = 8
+# The server spaces a big room's presence frames by their cost, up to 5 s apart
+# (chatapp/signals.py, MAX_PRESENCE_COALESCE_SECONDS): the storm's last one is written this
+# long after it at most, to every socket (240 MB at 10,000), and a broadcast measured before
+# it went out would measure it too. Waited for after the storm, then the server's CPU.
+PRESENCE_SETTLE_SECONDS = 5.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,6 +134,8 @@ async def storm(bench: Any, parts: list[list[list[Any]]], sampled: list[bool],
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = round(cpu1 - cpu0, 3)
     settle0 = time.monotonic()
+    await bench.quiet()
+    await asyncio.sleep(PRESENCE_SETTLE_SECONDS)
     await bench.quiet()
     out["settled_s"] = round(time.monotonic() - settle0, 3)
     return out
@@ -262,7 +269,8 @@ def render(args: argparse.Namespace, r: dict[str, Any], fmt_latency: Any) -> str
         count = o["ws"] if key == "open_ws" else o["polls"]
         cpu = f", server CPU {o['server_cpu_s']} s" if "server_cpu_s" in o else ""
         add(f"opened {label}", f"{count:,} in {o['seconds']} s ({o['sessions']:,} sessions "
-                                f"created{cpu}); quiet {o['settled_s']} s later")
+                                f"created{cpu}); quiet {o['settled_s']} s later (the last "
+                                f"presence frame waited for)")
         add("refused / failed", f"{o['refused']} / {o['failed']}"
                                  + (f": {'; '.join(o['reasons'])}" if o["reasons"] else ""))
     if "rss_kb_per_ws" in r:
