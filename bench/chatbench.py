@@ -48,6 +48,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import crowd
 import loadclient as lc
 import pollclient
 import procstat
@@ -203,7 +204,10 @@ class Environment:
     def uncap(self, app_dir: str, env: dict[str, str]) -> list[str]:
         """Options that lift the server's per-session and per-address connection caps and its
         per-address new-session limit, if it has them: every client here comes from 127.0.0.1, with up to --per-session
-        connections per session (like --rate_limit=0, a benchmark measures capacity)."""
+        connections per session (like --rate_limit=0, a benchmark measures capacity).
+        The crowd scenarios keep them (bench/crowd.py)."""
+        if self.args.scenario in crowd.SCENARIOS:
+            return []
         try:
             out = subprocess.run(
                 [sys.executable, "-m", "chatapp", "--help"], cwd=app_dir, env=env,
@@ -926,6 +930,8 @@ class Bench:
             return await self.history()
         if scenario == "resume":
             return await resumebench.resume(self)
+        if scenario in crowd.SCENARIOS:
+            return await crowd.run(self, sys.modules[__name__])
         return await self.idle()
 
 
@@ -946,6 +952,8 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
         rows.append((name, str(value)))
 
     sc = args.scenario
+    if sc in crowd.SCENARIOS:
+        return crowd.render(args, r, fmt_latency)
     if sc == "resume":
         rows.extend(resumebench.render(r))
     elif sc in ("fanout", "parked"):
@@ -1067,6 +1075,8 @@ def ok(args: argparse.Namespace, r: dict[str, Any]) -> bool:
     if args.scenario in ("fanout", "parked"):
         pr = r["problems"]
         return not any(pr.values()) and not r.get("timed_out")
+    if args.scenario in crowd.SCENARIOS:
+        return crowd.ok(r)
     if args.scenario == "history":
         return all(r[k]["bad_answers"] == 0 for k in ("latest", "before") if k in r)
     if args.scenario == "resume":
@@ -1084,7 +1094,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenario", choices=("fanout", "parked", "history", "idle", "resume"),
+    p.add_argument("--scenario",
+                   choices=("fanout", "parked", "history", "idle", "resume", *crowd.SCENARIOS),
                    default="fanout", help="what to measure (default: fanout)")
     p.add_argument("--ws", type=int, default=None,
                    help="WebSocket receivers (default: 100, or 0 with --polls; idle: 1000; "
@@ -1141,9 +1152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-temp", action="store_true",
                    help="keep the temporary directory (server log, MongoDB data)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    crowd.add_arguments(p)
     args = p.parse_args(argv)
     defaults = {"fanout": (100, 0), "parked": (0, 1000), "history": (0, 0), "idle": (1000, 0),
-                "resume": (0, 0)}
+                "resume": (0, 0), "connect": (1000, 0), "crowd": (1000, 0)}
     ws, polls = defaults[args.scenario]
     if args.scenario == "fanout" and args.polls:
         ws = 0  # --polls alone: long-polls only

@@ -145,6 +145,9 @@ class MessageBuffer:
         self.signals = RoomSignals(self.waiting)
         # Told of every published batch before the waiters (moderation: Rooms sets it).
         self.on_publish: Callable[[str, list[Entry]], None] | None = None
+        # current()'s answer for (limit, last_id): every socket opening without a cursor asks
+        # the same until the next publish (a connect storm of 10,000 asked it 10,000 times).
+        self._current: tuple[tuple[int, str], list[Entry], bool] | None = None
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Wake ``waiter`` with every batch published from now on, until removed."""
@@ -190,10 +193,14 @@ class MessageBuffer:
         """The current-state view (``kinds``): the last ``limit`` listed entries, each message
         as it is now, and whether older ones exist; None when memory holds fewer than
         ``limit`` of them and older events exist (the store must answer)."""
+        key = (limit, self.last_id)  # entries change only in publish(), which moves last_id
+        if self._current is not None and self._current[0] == key:
+            return list(self._current[1]), self._current[2]
         listed = [e for e in self.entries if kinds.is_listed(e.event)]
         if len(listed) < limit and self.floor:
             return None
-        return listed[-limit:], bool(self.floor) or len(listed) > limit
+        self._current = (key, listed[-limit:], bool(self.floor) or len(listed) > limit)
+        return list(self._current[1]), self._current[2]
 
     def publish(self, events: Iterable[dict[str, Any]]) -> list[Entry]:
         """Add stored events (in id order) and wake every waiter once with all of them."""

@@ -56,6 +56,15 @@ TYPING_THROTTLE_SECONDS = 2.5
 # ever longer list per join: O(N^2) bytes for N people. Changes within this window share one
 # frame; 50 ms is well below what a person notices in a list of names.
 PRESENCE_COALESCE_SECONDS = 0.05
+# Each presence frame is the whole list, to every socket: in a big room filling up that is still
+# O(N^2) bytes at one frame per window (10,000 sockets told of 2,000 names, 24 KB, is 240 MB a
+# frame; at 3,000 sockets the frames took a quarter of the server's CPU in a connect storm). So
+# after a frame, the next waits until the room's frames average at most this many bytes a
+# second (writing 10 MB to sockets is ~10 % of a core here): a quiet room still hears of a
+# join within PRESENCE_COALESCE_SECONDS, a room of thousands filling up once a second or so...
+PRESENCE_BYTES_PER_SECOND = 10 * 1024 * 1024
+# ...and never later than this, however big the room.
+MAX_PRESENCE_COALESCE_SECONDS = 5.0
 # Typing changes (people starting, and their 6 s running out) share a frame per this window:
 # at most 4 typing frames per socket per second however many people type, and "an is typing"
 # shows a quarter second late at worst, far inside the contract's 1 s for long-polls.
@@ -93,6 +102,8 @@ class RoomSignals:
         self._typing_wire: bytes | None = None
         self._version: str | None = None
         self._state_fields: tuple[str, str] | None = None  # (version, encoded state)
+        self._presence_cost = 0  # bytes the last presence frame took, all waiters together
+        self._presence_sent_at = 0.0  # loop time of that frame
 
     # -- what changes the lists ---------------------------------------------------------------
 
@@ -104,7 +115,7 @@ class RoomSignals:
         self._presence_wire = None
         self._version = None
         self._dirty_presence = True
-        self._schedule(PRESENCE_COALESCE_SECONDS)
+        self._schedule(self._presence_delay())
 
     def typing(self, nick: str, ts: float, until: float) -> None:
         """``nick`` typed at wall time ``ts``; listed until ``until`` unless they send first.
@@ -131,7 +142,10 @@ class RoomSignals:
                     self._dirty_typing = True
         if len(self._last_sent) > MAX_SENDERS_KEPT:
             self._forget_old_senders(time.time())
-        if self._dirty_presence or self._dirty_typing:
+        # A pending presence change of a big room keeps its spacing (it has no order to keep
+        # with messages); typing, and presence when it is due anyway, go first.
+        if self._dirty_typing or (self._dirty_presence
+                                  and self._presence_delay() <= PRESENCE_COALESCE_SECONDS):
             self._flush()
 
     def _forget_old_senders(self, now: float) -> None:
@@ -200,6 +214,13 @@ class RoomSignals:
         self._flush_at = at
         self._flush_call = loop.call_at(at, self._flush)
 
+    def _presence_delay(self) -> float:
+        """How long the next presence frame waits (PRESENCE_BYTES_PER_SECOND)."""
+        spacing = min(MAX_PRESENCE_COALESCE_SECONDS,
+                      self._presence_cost / PRESENCE_BYTES_PER_SECOND)
+        since = asyncio.get_running_loop().time() - self._presence_sent_at
+        return max(PRESENCE_COALESCE_SECONDS, spacing - since)
+
     def _schedule_expiry(self) -> None:
         if self._expiry_call is not None or not self._typing:
             return
@@ -223,7 +244,8 @@ class RoomSignals:
             self._flush_call.cancel()
             self._flush_call = None
         wire = b""
-        if self._dirty_presence:
+        presence = self._dirty_presence
+        if presence:
             self._dirty_presence = False
             wire += self.presence_wire()
         if self._dirty_typing:
@@ -237,7 +259,11 @@ class RoomSignals:
             return
         self._version = None
         # Copy: a long-poll waiter removes itself from the set while being woken.
-        for waiter in self._waiting():
+        waiters = self._waiting()
+        if presence:
+            self._presence_cost = len(wire) * len(waiters)
+            self._presence_sent_at = asyncio.get_running_loop().time()
+        for waiter in waiters:
             waiter.signals_changed(wire)
 
 

@@ -28,6 +28,7 @@ from chatapp.store import StoreError
 from chatapp.web import deflate
 from chatapp.web.address import normal_origin, own_origin
 from chatapp.web.base import SESSION_COOKIE, ChatHandlerMixin, JSONHandler
+from chatapp.web.pinger import pinger_of
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,12 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
     closed = False
     frames: TokenBucket | None = None
     inflater: deflate.Inflater | None = None  # permessage-deflate, if the handshake agreed
+    ponged = True  # a pong came since the last ping (chatapp.web.pinger)
+
+    @property
+    def ping_interval(self) -> float | None:
+        """0 for Tornado: one task pings every socket instead of one task each (pinger.py)."""
+        return 0
 
     async def get(self, room: str) -> None:
         """Check everything that can be refused before upgrading, so refusals are plain HTTP."""
@@ -193,6 +200,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         self._frame_allowed()  # Tornado has answered it already; a flood closes the socket
 
     def on_pong(self, data: bytes) -> None:
+        self.ponged = True
         self._frame_allowed()
 
     async def open(self, room: str) -> None:
@@ -207,6 +215,8 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None:
             stream.max_write_buffer_size = MAX_PENDING_OUTPUT
+        # One pinger for all sockets, not a task of Tornado's for each (pinger.py).
+        pinger_of(self.application.settings).add(self)
         try:
             buffer = await self.chat.connect(self.session, room, self, self.address)
             if self.closed:
@@ -435,6 +445,7 @@ class RoomSocket(ChatHandlerMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.closed = True
+        pinger_of(self.application.settings).discard(self)
         if self.frames is not None:
             self.settings["frame_budgets"].close(self.session.sid)
             self.frames = None
