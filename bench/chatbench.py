@@ -203,10 +203,10 @@ class Environment:
 
     def uncap(self, app_dir: str, env: dict[str, str]) -> list[str]:
         """Options that lift the server's per-session and per-address connection caps and its
-        per-address new-session limit, if it has them: every client here comes from 127.0.0.1, with up to --per-session
-        connections per session (like --rate_limit=0, a benchmark measures capacity).
-        The crowd scenarios keep them (bench/crowd.py)."""
-        if self.args.scenario in crowd.SCENARIOS:
+        per-address new-session limit, if it has them: every client here comes from 127.0.0.1,
+        with up to --per-session connections per session (like --rate_limit=0, a benchmark
+        measures capacity). The crowd scenarios keep them (bench/crowd.py)."""
+        if getattr(self.args, "scenario", None) in crowd.SCENARIOS:
             return []
         try:
             out = subprocess.run(

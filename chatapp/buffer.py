@@ -11,6 +11,7 @@ same strings to every client instead of encoding the event again per connection.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import time
 from collections import deque
@@ -172,9 +173,11 @@ class MessageBuffer:
         if cursor < self.floor:
             return None
         start = bisect.bisect_right(self._ids, cursor)
-        if start >= len(self._ids):
+        newer = len(self._ids) - start
+        if newer <= 0:
             return []
-        return list(self.entries)[start:]
+        # From the right end: a poll asks for the last few, not a copy of the whole buffer.
+        return list(itertools.islice(reversed(self.entries), newer))[::-1]
 
     def find(self, event_id: str) -> dict[str, Any] | None:
         """The event ``event_id`` as memory holds it now, or None if it is not held."""
