@@ -75,6 +75,11 @@ class Pinger:
         slot = self._slot_of.pop(sock, None)
         if slot is not None:
             self._slots[slot].discard(sock)
+        if not self._slot_of and self._task is not None and not self._task.done():
+            # The last socket gone (a server stopping closes them all): stop now, rather than
+            # leave a task asleep that a closing event loop would destroy pending.
+            self._task.cancel()
+            self._task = None
 
     def __len__(self) -> int:
         return len(self._slot_of)
