@@ -49,11 +49,14 @@ async def test_actions_on_two_servers_reach_both_in_one_order(servers, transport
     a, b = await cluster(servers, 2)
     an = await Actor.join(a, "an", transport)
     bo = await Actor.join(b, "bo", transport)
-    watch_a, _, _ = await open_ws(an.client, cursor="")
-    watch_b, _, _ = await open_ws(bo.client, cursor="")
+    # The backlog is part of the log: which events a socket got before its first presence
+    # frame, and which after, depends on when the other server's events reached this one.
+    watch_a, backlog_a, _ = await open_ws(an.client, cursor="")
+    watch_b, backlog_b, _ = await open_ws(bo.client, cursor="")
     last = await act_on_both(an, bo)
 
-    log_a, log_b = await events_until_id(watch_a, last), await events_until_id(watch_b, last)
+    log_a = backlog_a + await events_until_id(watch_a, last)
+    log_b = backlog_b + await events_until_id(watch_b, last)
     assert log_a == log_b  # one order, every action once, on both servers
     page_a, page_b = await history(an.client), await history(bo.client)
     assert page_a == page_b
