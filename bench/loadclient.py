@@ -1042,26 +1042,33 @@ class Worker:
         return {"closed": len(self.ws.receivers) + len(self.poll.receivers)}
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 26)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                return  # chatbench went away
-            msg = json.loads(line)
-            cmd = msg.get("cmd")
-            try:
-                handler = getattr(self, f"cmd_{cmd}")
-                reply = await handler(msg)
-                reply["ok"] = True
-            except Exception as exc:  # noqa: BLE001 -- reported to chatbench, which decides
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-            if cmd == "close":
-                return
+        await serve_commands(self)
 
+
+
+async def serve_commands(worker: Any) -> None:
+    """Answer the driver's commands on stdin, a JSON line each (``{"cmd": "x"}`` calls
+    ``worker.cmd_x``), one JSON line back each, until stdin closes (the driver went away) or
+    ``close`` is answered. A command that raises answers ``ok: false`` with the error: the
+    driver (chatbench, pollrace) decides what that means."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        msg = json.loads(line)
+        cmd = msg.get("cmd")
+        try:
+            reply = await getattr(worker, f"cmd_{cmd}")(msg)
+            reply["ok"] = True
+        except Exception as exc:  # noqa: BLE001 -- reported to the driver, which decides
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+        if cmd == "close":
+            return
 
 def main() -> None:
     # Ctrl-C is chatbench's to handle: it closes this worker through stdin.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from typing import Any
 from urllib.parse import quote
@@ -271,24 +270,7 @@ class Worker:
         return {"closed": len(self.pollers)}
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 26)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            msg = json.loads(line)
-            cmd = msg.get("cmd")
-            try:
-                reply = await getattr(self, f"cmd_{cmd}")(msg)
-                reply["ok"] = True
-            except Exception as exc:  # noqa: BLE001 -- reported to pollrace, which decides
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-            if cmd == "close":
-                return
+        await lc.serve_commands(self)
 
 
 def main() -> None:

@@ -15,12 +15,9 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "a long enough password"
 
 
-def test_an_owner_mutes_then_bans_and_the_victim_sees_why(
-    app_server: AppServer, people: Any
-) -> None:
-    from playwright.sync_api import expect
-
-    room = unique("room")
+def owner_of(app_server: AppServer, people: Any, room: str) -> Any:
+    """"cy", who registered the nickname and claimed ``room``: its page shows the owner's
+    tools (reloaded after the claim)."""
     cy = people(app_server, "cy", room).join()
     response = cy.context.request.post(
         f"{app_server.url}/api/account", data={"password": PASSWORD}, headers=cy.xsrf_headers())
@@ -30,6 +27,16 @@ def test_an_owner_mutes_then_bans_and_the_victim_sees_why(
     assert response.status == 200, response.text()
     cy.page.reload()
     cy.wait_connected()
+    return cy
+
+
+def test_an_owner_mutes_then_bans_and_the_victim_sees_why(
+    app_server: AppServer, people: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    room = unique("room")
+    cy = owner_of(app_server, people, room)
     settings = cy.page.locator("#room-settings")
     expect(settings.locator("summary")).to_have_text("Room settings")
 
@@ -83,15 +90,7 @@ def test_a_moderator_deletes_someone_elses_message_from_its_toolbar(
     from playwright.sync_api import expect
 
     room = unique("room")
-    cy = people(app_server, "cy", room).join()
-    response = cy.context.request.post(
-        f"{app_server.url}/api/account", data={"password": PASSWORD}, headers=cy.xsrf_headers())
-    assert response.status == 201, response.text()
-    response = cy.context.request.post(
-        f"{app_server.url}/api/rooms/{room}/claim", data={}, headers=cy.xsrf_headers())
-    assert response.status == 200, response.text()
-    cy.page.reload()
-    cy.wait_connected()
+    cy = owner_of(app_server, people, room)
     bo = people(app_server, "bo", room).join()
     dee = people(app_server, "dee", room).join()
     bo.say("rude words")
